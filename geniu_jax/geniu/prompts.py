@@ -1,0 +1,68 @@
+"""Noise prompts z_k (Eq. 7-8): image-shaped noise the classifier labels as k.
+
+B prompts per class are laid out class-fastest: prompt i has label i % K and
+is the (i // K)-th proxy of its class. All B*K prompts train together in one
+batched Adam step. The classifier runs in eval mode (stored BatchNorm
+statistics), which makes each prompt's loss independent of the others, so the
+batched forward equals a vmap of per-prompt losses, and nothing of the
+classifier (parameters or statistics) is written: prompts and classifier are
+"updated independently" (§4.2).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from geniu_jax.geniu.losses import batch_cross_entropy
+from geniu_jax.models.functional import classifier_logits
+
+
+class PromptState(NamedTuple):
+  z: jax.Array          # [B*K, H, W, C]
+  opt_state: optax.OptState
+
+
+def prompt_labels(num_classes: int, per_class: int) -> jax.Array:
+  return jnp.tile(jnp.arange(num_classes, dtype=jnp.int32), per_class)
+
+
+def init_prompts(key: jax.Array, num_classes: int, per_class: int,
+                 image_shape: tuple[int, int, int], optimizer: optax.GradientTransformation
+                 ) -> PromptState:
+  """z_init ~ N(0, 1) of the image's shape (Eq. 7)."""
+  z = jax.random.normal(key, (num_classes * per_class, *image_shape))
+  return PromptState(z, optimizer.init(z))
+
+
+def prompt_loss(z: jax.Array, labels: jax.Array, classifier) -> jax.Array:
+  """Mean over prompts of CE(f(z_k), k) (Eq. 8); `classifier` = (graphdef, params, stats)."""
+  graphdef, params, stats = classifier
+  return batch_cross_entropy(classifier_logits(graphdef, params, stats, z), labels).mean()
+
+
+def train_prompts(state: PromptState, classifier, num_classes: int,
+                  optimizer: optax.GradientTransformation, steps: int
+                  ) -> tuple[PromptState, jax.Array]:
+  """`steps` Adam steps on all prompts at once, as one `lax.scan`; returns the last loss."""
+  labels = prompt_labels(num_classes, state.z.shape[0] // num_classes)
+
+  def step(carry, _):
+    z, opt_state = carry
+    loss, grad = jax.value_and_grad(prompt_loss)(z, labels, classifier)
+    updates, opt_state = optimizer.update(grad, opt_state, z)
+    return (optax.apply_updates(z, updates), opt_state), loss
+
+  (z, opt_state), losses = jax.lax.scan(step, tuple(state), None, length=steps)
+  return PromptState(z, opt_state), losses[-1]
+
+
+def prompts_correct(z: jax.Array, classifier, num_classes: int) -> jax.Array:
+  """True when every prompt is classified as its class (the gate of Alg. 1, line 4)."""
+  graphdef, params, stats = classifier
+  labels = prompt_labels(num_classes, z.shape[0] // num_classes)
+  preds = jnp.argmax(classifier_logits(graphdef, params, stats, z), axis=-1)
+  return jnp.all(preds == labels)
