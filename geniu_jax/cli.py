@@ -1,0 +1,191 @@
+"""The `geniu` command: train | unlearn | evaluate | demo.
+
+Every failure the user can cause (unknown source, missing file, bad class id,
+forgetting every class, missing or foreign checkpoint) ends with one line on
+stderr and exit code 2, and no output directory is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from geniu_jax import checkpoint as ckpt_lib
+from geniu_jax import data as data_lib
+from geniu_jax.config import PRESETS, Config, get_config
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+  """Bad input from the command line; printed as one line, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+  def error(self, message):  # argparse's default prints usage on two lines
+    raise UsageError(message)
+
+
+def _log(msg: str) -> None:
+  print(msg, file=sys.stderr, flush=True)
+
+
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--preset", choices=PRESETS, default="paper")
+  p.add_argument("--width", type=float)
+  p.add_argument("--epochs", type=int)
+  p.add_argument("--seed", type=int)
+  p.add_argument("--proxies-per-class", type=int, dest="proxies_per_class",
+                 help="B, proxies per class (Table 12)")
+  p.add_argument("--lowering", choices=("auto", "native", "patches"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = _Parser(prog="geniu", description=__doc__.splitlines()[0])
+  sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+  p = sub.add_parser("train", help="training phase (Alg. 1), writes a checkpoint")
+  p.add_argument("--data", required=True, help="tfds:NAME | idx:DIR | npz:PATH | embedded")
+  p.add_argument("--majority", type=int, nargs="+", required=True)
+  p.add_argument("--imbalance", default=None, help="r, or one rate per class: r0,r1,...")
+  p.add_argument("--out", required=True)
+  p.add_argument("--record-baselines", action="store_true",
+                 help="also keep the training-time records of I-R and Unrolling SGD")
+  _add_train_flags(p)
+
+  p = sub.add_parser("unlearn", help="unlearning phase (Alg. 2), writes a checkpoint")
+  p.add_argument("--ckpt", required=True)
+  p.add_argument("--forget", type=int, nargs="+", required=True)
+  p.add_argument("--method", default="geniu")
+  p.add_argument("--rounds", type=int)
+  p.add_argument("--lr", type=float)
+  stop = p.add_mutually_exclusive_group()
+  stop.add_argument("--stop-forget-prob", type=float, dest="stop_forget_prob",
+                    help="data-free stopping threshold (see README)")
+  stop.add_argument("--no-stop", action="store_true", help="run every round (the paper)")
+  p.add_argument("--out", required=True)
+  p.add_argument("--json", action="store_true")
+
+  p = sub.add_parser("evaluate", help="Acc_r / Acc_f / per-class accuracy on the test split")
+  p.add_argument("--ckpt", required=True)
+  p.add_argument("--data", required=True)
+  p.add_argument("--forget", type=int, nargs="+", required=True)
+  p.add_argument("--json", action="store_true")
+
+  p = sub.add_parser("demo", help="original vs retrain vs GENIU on the embedded data")
+  p.add_argument("--json", action="store_true")
+  return parser
+
+
+def _config_from(args, image_shape=None) -> Config:
+  overrides = {k: getattr(args, k, None) for k in
+               ("width", "epochs", "seed", "proxies_per_class", "lowering")}
+  if getattr(args, "imbalance", None) is not None:
+    overrides["imbalance"] = args.imbalance
+  return get_config(args.preset, image_shape, **overrides)
+
+
+def cmd_train(args) -> int:
+  from geniu_jax import runs
+  from pathlib import Path
+  if Path(args.out).exists():
+    raise UsageError(f"output directory {args.out} already exists")
+  ds = data_lib.load(args.data)
+  cfg = _config_from(args, ds.image_shape)
+  rate = data_lib.parse_imbalance(cfg.imbalance, ds.num_classes)
+  cfg = cfg.replace(imbalance=rate)
+  data = runs.prepare_data(ds, args.majority, rate, cfg.seed, log=_log)
+  recorder = None
+  if args.record_baselines:
+    from geniu_jax.methods import records
+    recorder = records.default_recorder()
+  _log(f"training GENIU ({cfg.preset} preset, width {cfg.width}, {cfg.epochs} epochs, "
+       f"B={cfg.proxies_per_class})")
+  result = runs.train_geniu(cfg, data, recorder=recorder, log=_log)
+  path = runs.save_run(args.out, cfg, data, result)
+  _log(f"checkpoint written to {path}")
+  return 0
+
+
+def cmd_unlearn(args) -> int:
+  from geniu_jax import runs
+  from pathlib import Path
+  if Path(args.out).exists():
+    raise UsageError(f"output directory {args.out} already exists")
+  ck = ckpt_lib.restore(args.ckpt)
+  meta = ck.metadata
+  forget = runs.check_classes(args.forget, meta["num_classes"], "forget")
+  cfg = Config.from_dict(meta["config"])
+  if args.method != "geniu":
+    from geniu_jax.methods import registry
+    return registry.cli_unlearn(args, ck, forget, cfg, log=_log)
+  if ck.generator is None:
+    raise UsageError(f"checkpoint {args.ckpt} has no GENIU generator and prompts")
+  rounds = args.rounds if args.rounds is not None else cfg.unlearn_rounds
+  lr = args.lr if args.lr is not None else cfg.unlearn_lr
+  stop = None if args.no_stop else (
+      args.stop_forget_prob if args.stop_forget_prob is not None else cfg.stop_forget_prob)
+  _log(f"GENIU in-batch tuning: forget {list(forget)}, up to {rounds} rounds, lr {lr}, "
+       f"stop rule {'off' if stop is None else f'forget prob <= {stop}'}")
+  out = runs.geniu_unlearn_timed(ck.classifier, ck.generator, ck.prompts, forget,
+                                 rounds=rounds, lr=lr, stop_forget_prob=stop)
+  report = {"method": "geniu", "forget": list(forget), "rounds_run": out.rounds_run,
+            "unlearn_ms": round(out.unlearn_ms, 3), "compile_ms": round(out.compile_ms, 3)}
+  new_meta = dict(meta, unlearned=report)
+  ckpt_lib.save(args.out, out.classifier, ck.generator, ck.prompts, new_meta)
+  _log(f"unlearned in {out.unlearn_ms:.1f} ms ({out.rounds_run} rounds; compile "
+       f"{out.compile_ms:.0f} ms); checkpoint written to {args.out}")
+  _emit(report, args.json)
+  return 0
+
+
+def cmd_evaluate(args) -> int:
+  from geniu_jax import runs
+  meta = ckpt_lib.read_metadata(args.ckpt)
+  ds = data_lib.load(args.data)
+  if list(ds.image_shape) != meta["image_shape"] or ds.num_classes != meta["num_classes"]:
+    raise UsageError(
+        f"data {args.data} ({list(ds.image_shape)}, {ds.num_classes} classes) does not fit "
+        f"checkpoint {args.ckpt} ({meta['image_shape']}, {meta['num_classes']} classes)")
+  forget = runs.check_classes(args.forget, ds.num_classes, "forget")
+  ck = ckpt_lib.restore(args.ckpt)
+  result = runs.evaluate(ck.classifier, ds.x_test, ds.y_test, ds.num_classes, forget)
+  print(f"Acc_r {result['acc_r']:.4f}  Acc_f {result['acc_f']:.4f}")
+  print("per class: " + " ".join(f"{k}:{a:.3f}" for k, a in enumerate(result["per_class"])))
+  _emit(result, args.json)
+  return 0
+
+
+def cmd_demo(args) -> int:
+  from geniu_jax import demo
+  report = demo.run(log=_log)
+  print(demo.format_table(report))
+  _emit(report, args.json)
+  return 0
+
+
+def _emit(obj: dict, as_json: bool) -> None:
+  if as_json:
+    print(json.dumps(obj), flush=True)
+
+
+COMMANDS = {"train": cmd_train, "unlearn": cmd_unlearn, "evaluate": cmd_evaluate,
+            "demo": cmd_demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  try:
+    args = build_parser().parse_args(argv)
+    return COMMANDS[args.command](args)
+  except (UsageError, data_lib.DataError, ckpt_lib.CheckpointError, ValueError) as err:
+    print(f"geniu: error: {err}", file=sys.stderr)
+    return EXIT_USAGE
+  except KeyboardInterrupt:
+    print("geniu: interrupted", file=sys.stderr)
+    return 130
+
+
+if __name__ == "__main__":
+  sys.exit(main())

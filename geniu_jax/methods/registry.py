@@ -1,0 +1,99 @@
+"""One registry of unlearning methods with one signature and declared data access.
+
+Every method is `fn(grant: Grant, cfg: Config, key) -> (SplitModel, info dict)`.
+A method declares, once, what it may touch at unlearning time
+(`Access`); `run_method` builds a `Grant` that holds only those things, and a
+`Grant` raises `AccessError` for anything else. So a data-free method such as
+GENIU or GKT cannot receive training data by mistake: the caller may hand
+`run_method` everything it has, and the method still sees only its share.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any, Callable
+
+from geniu_jax.config import Config
+from geniu_jax.models.functional import SplitModel
+
+
+class Access(enum.Enum):
+  MODEL = "model"                  # the original classifier (always granted)
+  ARTIFACTS = "artifacts"          # GENIU's generator and prompts
+  RETAINED_DATA = "retained_data"  # training data of the retained classes
+  ALL_DATA = "all_data"            # the whole training set
+  RECORDS = "records"              # training-time records (I-R, Unrolling)
+
+
+class AccessError(PermissionError):
+  """A method asked for something it did not declare."""
+
+
+_FIELD_ACCESS = {"artifacts": Access.ARTIFACTS, "retained_data": Access.RETAINED_DATA,
+                 "all_data": Access.ALL_DATA, "records": Access.RECORDS}
+
+
+class Grant:
+  """What one method may use. Attributes outside its declared access raise."""
+
+  def __init__(self, method: str, access: frozenset[Access], *, classifier: SplitModel,
+               forget: tuple[int, ...], num_classes: int, image_shape: tuple[int, ...],
+               **granted: Any):
+    self._method, self._access = method, access
+    self.classifier, self.forget = classifier, tuple(forget)
+    self.num_classes, self.image_shape = num_classes, tuple(image_shape)
+    self._granted = granted
+
+  def __getattr__(self, name: str) -> Any:
+    if name.startswith("_") or name not in _FIELD_ACCESS:
+      raise AttributeError(name)
+    if _FIELD_ACCESS[name] not in self._access:
+      raise AccessError(f"method {self._method!r} did not declare access to {name}")
+    value = self._granted.get(name)
+    if value is None:
+      raise AccessError(f"method {self._method!r} needs {name}, but none was provided")
+    return value
+
+  @property
+  def retained_classes(self) -> tuple[int, ...]:
+    return tuple(k for k in range(self.num_classes) if k not in self.forget)
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  name: str
+  access: frozenset[Access]
+  fn: Callable[[Grant, Config, Any], tuple[SplitModel, dict]]
+  description: str = ""
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(name: str, access: set[Access], description: str = ""):
+  """Decorator adding an unlearning function to `METHODS`."""
+  def wrap(fn):
+    METHODS[name] = Method(name, frozenset(access) | {Access.MODEL}, fn, description)
+    return fn
+  return wrap
+
+
+def run_method(name: str, cfg: Config, key, *, classifier: SplitModel,
+               forget, num_classes: int, image_shape, **available: Any
+               ) -> tuple[SplitModel, dict]:
+  """Runs a registered method, handing it only what it declared.
+
+  `available` may hold artifacts=(generator, prompts), retained_data=(x, y),
+  all_data=(x, y), records=...; anything undeclared is withheld.
+  """
+  if name not in METHODS:
+    raise ValueError(f"unknown method {name!r}; registered: {sorted(METHODS)}")
+  method = METHODS[name]
+  unknown = set(available) - set(_FIELD_ACCESS)
+  if unknown:
+    raise ValueError(f"unknown inputs {sorted(unknown)}")
+  granted = {k: v for k, v in available.items() if _FIELD_ACCESS[k] in method.access}
+  grant = Grant(name, method.access, classifier=classifier, forget=tuple(forget),
+                num_classes=num_classes, image_shape=image_shape, **granted)
+  return method.fn(grant, cfg, key)

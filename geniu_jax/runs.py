@@ -1,0 +1,131 @@
+"""Whole runs as library calls: prepare data, train, unlearn, evaluate.
+
+The CLI, the experiments and the benchmarks all go through these functions, so
+a run from Python and a run from the shell are the same run.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from geniu_jax import checkpoint as ckpt_lib
+from geniu_jax import data as data_lib
+from geniu_jax import metrics
+from geniu_jax.config import Config
+from geniu_jax.geniu import train as train_lib
+from geniu_jax.geniu import unlearn as unlearn_lib
+from geniu_jax.models import functional as F
+
+
+class TrainingData(NamedTuple):
+  """An imbalanced training split and the untouched test split."""
+  x_train: np.ndarray
+  y_train: np.ndarray
+  x_test: np.ndarray
+  y_test: np.ndarray
+  num_classes: int
+  source: str
+  majority: tuple[int, ...]
+  counts: np.ndarray
+
+
+def check_classes(classes: Sequence[int], num_classes: int, what: str) -> tuple[int, ...]:
+  """Validates a list of class ids (in range, distinct, not every class)."""
+  classes = tuple(int(k) for k in classes)
+  if not classes:
+    raise data_lib.DataError(f"no {what} classes given")
+  bad = [k for k in classes if not 0 <= k < num_classes]
+  if bad:
+    raise data_lib.DataError(f"{what} classes {bad} are outside [0, {num_classes})")
+  if len(set(classes)) != len(classes):
+    raise data_lib.DataError(f"{what} classes {list(classes)} contain duplicates")
+  if len(set(classes)) >= num_classes:
+    raise data_lib.DataError(f"cannot {what} every one of the {num_classes} classes")
+  return classes
+
+
+def holdout_balanced(x: np.ndarray, y: np.ndarray, per_class: int, seed: int
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+  """Splits off `per_class` samples of every class as a balanced validation set.
+
+  Returns (x_rest, y_rest, x_val, y_val). Used to choose hyperparameters
+  without looking at the test split.
+  """
+  rng = np.random.default_rng(seed)
+  val = np.concatenate([rng.permutation(np.flatnonzero(y == k))[:per_class]
+                        for k in np.unique(y)])
+  rest = np.setdiff1d(np.arange(len(y)), val)
+  return x[rest], y[rest], x[np.sort(val)], y[np.sort(val)]
+
+
+def prepare_data(source: str | data_lib.Dataset, majority: Sequence[int],
+                 imbalance, seed: int, validation_per_class: int = 0,
+                 log: Callable[[str], None] | None = print) -> TrainingData:
+  """Loads a source and makes the paper's imbalanced training split (§3, §5).
+
+  With `validation_per_class > 0` a balanced validation set is held out of the
+  training split first and returned in place of the test split.
+  """
+  ds = data_lib.load(source) if isinstance(source, str) else source
+  majority = check_classes(majority, ds.num_classes, "majority")
+  rate = data_lib.parse_imbalance(imbalance, ds.num_classes)
+  x, y, x_eval, y_eval = ds.x_train, ds.y_train, ds.x_test, ds.y_test
+  if validation_per_class:
+    x, y, x_eval, y_eval = holdout_balanced(x, y, validation_per_class, seed)
+  x, y = data_lib.make_imbalanced(x, y, majority, rate, ds.num_classes, seed)
+  counts = data_lib.class_counts(y, ds.num_classes)
+  if log:
+    log(f"{ds.name}: {len(y)} training images, " + data_lib.format_counts(counts))
+  return TrainingData(x, y, x_eval, y_eval, ds.num_classes, ds.name, majority, counts)
+
+
+def train_geniu(cfg: Config, data: TrainingData, *, geniu: bool = True, recorder=None,
+                log: Callable[[str], None] | None = print) -> train_lib.TrainResult:
+  return train_lib.train(cfg, data.x_train, data.y_train, data.num_classes,
+                         geniu=geniu, recorder=recorder, log=log)
+
+
+def save_run(out: str, cfg: Config, data: TrainingData, result: train_lib.TrainResult,
+             extra: dict | None = None):
+  meta = ckpt_lib.make_metadata(
+      cfg, source=data.source, image_shape=data.x_train.shape[1:],
+      num_classes=data.num_classes, majority=data.majority,
+      extra=dict(extra or {}, class_counts=[int(c) for c in data.counts],
+                 history=result.history))
+  return ckpt_lib.save(out, result.classifier, result.generator, result.prompts, meta,
+                       records=result.records)
+
+
+class UnlearnOutcome(NamedTuple):
+  classifier: F.SplitModel
+  unlearn_ms: float
+  compile_ms: float
+  rounds_run: int
+  info: unlearn_lib.TuningInfo
+
+
+def geniu_unlearn_timed(classifier: F.SplitModel, generator: F.SplitModel, prompts,
+                        forget: Sequence[int], *, rounds: int, lr: float,
+                        stop_forget_prob: float | None) -> UnlearnOutcome:
+  """Alg. 2 with compilation (AOT) and execution timed separately."""
+  fn = unlearn_lib.make_unlearn_fn(classifier.graphdef, generator.graphdef, rounds=rounds,
+                                   lr=lr, stop_forget_prob=stop_forget_prob)
+  args = (classifier.params, classifier.stats, generator.params, prompts,
+          jnp.asarray(forget, jnp.int32))
+  t0 = time.perf_counter()
+  compiled = fn.lower(*args).compile()
+  compile_ms = (time.perf_counter() - t0) * 1e3
+  t0 = time.perf_counter()
+  params, info = jax.block_until_ready(compiled(*args))
+  unlearn_ms = (time.perf_counter() - t0) * 1e3
+  tuned = F.SplitModel(classifier.graphdef, params, classifier.stats)
+  return UnlearnOutcome(tuned, unlearn_ms, compile_ms, int(info.rounds_run), info)
+
+
+def evaluate(classifier: F.SplitModel, x, y, num_classes: int, forget: Sequence[int]) -> dict:
+  return metrics.evaluate(classifier, x, y, num_classes, forget)
