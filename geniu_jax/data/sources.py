@@ -35,8 +35,7 @@ __all__ = ["DataError", "Dataset", "load", "from_arrays", "read_idx", "read_idx_
 TFDS_NAMES = ("mnist", "fashion_mnist", "kmnist", "cifar10")
 _KNOWN_NUM_CLASSES = 10
 _SPLIT_KEYS = ("x_train", "y_train", "x_test", "y_test")
-# IDX header: two zero bytes, a type code (0x08 = unsigned byte), the rank.
-_IDX_UBYTE = 0x08
+_IDX_UBYTE = 0x08  # IDX magic: two zero bytes, a type code (0x08 = ubyte), the rank.
 _IDX_FILES = {  # key -> (standard file stem, expected rank)
     "x_train": ("train-images-idx3-ubyte", 3),
     "y_train": ("train-labels-idx1-ubyte", 1),
