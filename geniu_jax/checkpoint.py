@@ -91,6 +91,13 @@ def _keys_like(stored: Any, like: Any) -> Any:
   return stored
 
 
+def _filled(state, stored: dict):
+  """`state` (an nnx.State) with its values replaced by the stored arrays."""
+  like = nnx.to_pure_dict(state)
+  nnx.replace_by_pure_dict(state, _keys_like(stored, like))  # in place, returns None
+  return state
+
+
 def _to_tree(classifier, generator, prompts, records) -> dict:
   tree = {"classifier": {"params": nnx.to_pure_dict(classifier.params),
                          "stats": nnx.to_pure_dict(classifier.stats)}}
@@ -197,16 +204,13 @@ def restore(directory: str | os.PathLike, *, lowering: str = "auto",
     raise CheckpointError(f"corrupt checkpoint state in {path}: no classifier")
   expected = _to_tree(classifier, None, None, None)["classifier"]
   _check_shapes(stored["classifier"], expected, "classifier")
-  params = nnx.replace_by_pure_dict(classifier.params, _keys_like(
-      stored["classifier"]["params"], nnx.to_pure_dict(classifier.params)))
-  stats = nnx.replace_by_pure_dict(classifier.stats, _keys_like(
-      stored["classifier"]["stats"], nnx.to_pure_dict(classifier.stats)))
+  params = _filled(classifier.params, stored["classifier"]["params"])
+  stats = _filled(classifier.stats, stored["classifier"]["stats"])
   restored_gen, prompts = None, None
   if generator is not None:
     gen_like = nnx.to_pure_dict(generator.params)
     _check_shapes(stored["generator"]["params"], _str_keys(gen_like), "generator")
-    gparams = nnx.replace_by_pure_dict(
-        generator.params, _keys_like(stored["generator"]["params"], gen_like))
+    gparams = _filled(generator.params, stored["generator"]["params"])
     restored_gen = F.SplitModel(generator.graphdef, gparams, generator.stats)
     prompts = jax.numpy.asarray(stored["prompts"])
   return Checkpoint(F.SplitModel(classifier.graphdef, params, stats), restored_gen,

@@ -68,6 +68,15 @@ def _proxy_checks(params, graphdef, stats, proxies, labels, forget_mask):
   return forget_prob, retain_acc
 
 
+def tuning_step(params, opt_state, graphdef, stats, proxies: jax.Array, labels: jax.Array,
+                forget_mask: jax.Array, optimizer: optax.GradientTransformation):
+  """One round of in-batch tuning: an Adam step on Eq. 10. Returns (params, opt_state, loss)."""
+  loss, grads = jax.value_and_grad(in_batch_loss)(params, graphdef, stats, proxies, labels,
+                                                  forget_mask)
+  updates, opt_state = optimizer.update(grads, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state, loss
+
+
 def in_batch_tuning(params, graphdef, stats, proxies: jax.Array, labels: jax.Array,
                     forget: jax.Array, *, rounds: int, lr: float,
                     stop_forget_prob: float | None = None) -> tuple[Any, TuningInfo]:
@@ -88,7 +97,6 @@ def in_batch_tuning(params, graphdef, stats, proxies: jax.Array, labels: jax.Arr
   forget_mask = forget_mask_for(labels, forget)
   nan = jnp.full((rounds,), jnp.nan, jnp.float32)
   _, retain_acc0 = _proxy_checks(params, graphdef, stats, proxies, labels, forget_mask)
-  grad_fn = jax.value_and_grad(in_batch_loss)
 
   def cond(carry):
     i, _, _, done, _ = carry
@@ -96,9 +104,8 @@ def in_batch_tuning(params, graphdef, stats, proxies: jax.Array, labels: jax.Arr
 
   def body(carry):
     i, params, opt_state, _, trace = carry
-    loss, grads = grad_fn(params, graphdef, stats, proxies, labels, forget_mask)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
+    params, opt_state, loss = tuning_step(params, opt_state, graphdef, stats, proxies,
+                                          labels, forget_mask, optimizer)
     forget_prob, retain_acc = _proxy_checks(params, graphdef, stats, proxies, labels,
                                             forget_mask)
     trace = (trace[0].at[i].set(loss), trace[1].at[i].set(forget_prob),
