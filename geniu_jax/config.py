@@ -97,7 +97,7 @@ _PRESETS = {
     "cpu": Config(
         preset="cpu", width=0.125, epochs=12, prompt_steps=100, generator_steps=100,
         proxies_per_class=5, selection_source="epoch",
-        unlearn_rounds=100, stop_forget_prob=0.01),
+        unlearn_rounds=100, stop_forget_prob=0.065),
     "smoke": Config(
         preset="smoke", width=0.0625, epochs=3, batch_size=128, prompt_steps=20,
         generator_steps=20, proxies_per_class=2, selection_source="epoch",

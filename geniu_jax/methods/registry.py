@@ -6,6 +6,12 @@ A method declares, once, what it may touch at unlearning time
 `Grant` raises `AccessError` for anything else. So a data-free method such as
 GENIU or GKT cannot receive training data by mistake: the caller may hand
 `run_method` everything it has, and the method still sees only its share.
+
+The built-in methods live in the sibling modules (`geniu_variants`,
+`retrain`, `gkt`, `unsir`, `ir`, `unrolling`) and register themselves when the
+package `geniu_jax.methods` is imported. `inputs_from` builds the keyword
+inputs of `run_method` from a training split; `cli_unlearn` is
+`geniu unlearn --method NAME` for every method except plain `geniu`.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 from typing import Any, Callable
+
+import numpy as np
 
 from geniu_jax.config import Config
 from geniu_jax.models.functional import SplitModel
@@ -97,3 +105,35 @@ def run_method(name: str, cfg: Config, key, *, classifier: SplitModel,
   grant = Grant(name, method.access, classifier=classifier, forget=tuple(forget),
                 num_classes=num_classes, image_shape=image_shape, **granted)
   return method.fn(grant, cfg, key)
+
+
+def inputs_from(x_train=None, y_train=None, forget=(), *, artifacts=None,
+                records=None) -> dict[str, Any]:
+  """Everything a caller may offer `run_method`, from an (imbalanced) training split.
+
+  `retained_data` holds only the samples of the classes not in `forget`;
+  `all_data` the whole split. Entries that are None are left out, so a method
+  that needs them gets an `AccessError` naming what is missing.
+  """
+  available: dict[str, Any] = {}
+  if x_train is not None:
+    x, y = np.asarray(x_train), np.asarray(y_train)
+    keep = ~np.isin(y, np.asarray(tuple(forget), dtype=y.dtype))
+    available["all_data"] = (x, y)
+    available["retained_data"] = (x[keep], y[keep])
+  if artifacts is not None and artifacts[0] is not None:  # (None, None): no GENIU phase
+    available["artifacts"] = artifacts
+  if records is not None:
+    available["records"] = records
+  return available
+
+
+def access_table() -> dict[str, list[str]]:
+  """{method: sorted access names} of every registered method (for reports)."""
+  return {name: sorted(a.value for a in m.access) for name, m in sorted(METHODS.items())}
+
+
+def cli_unlearn(args, ck, forget, cfg: Config, log=print) -> int:
+  """`geniu unlearn --method NAME ...` for a registered method; see `methods.command`."""
+  from geniu_jax.methods import command
+  return command.cli_unlearn(args, ck, forget, cfg, log=log)

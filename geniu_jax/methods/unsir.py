@@ -1,0 +1,127 @@
+"""UNSIR: error-maximising noise, impair and repair (Tarun et al., 2021/2023).
+
+"Fast Yet Effective Machine Unlearning". Three stages:
+
+1. Error-maximising noise, per forgotten class f: a learnable batch N_f of
+   `noise_batch` images, N_f ~ N(0, 1) at start, trained with Adam (lr 0.1)
+   for `noise_steps` (5 epochs x 8 steps in the notebook) on
+   L(N) = -CE(f(N; theta_or), f) + lambda_reg * mean_i ||N_i||_2^2, lambda_reg = 0.1
+   (maximise the model's error on class f, keep the noise small), with the
+   model frozen (eval-mode BatchNorm).
+2. Impair: one epoch of Adam (lr 0.02, batch 256) on the noise, repeated
+   `noise_copies` (20) times and LABELLED f (the public notebook labels every
+   noise 0, a known bug), mixed with a subset of the retained training data:
+   at most `retain_per_class` (1000 in the notebook) random samples of each
+   retained class, capped by what exists (in the imbalanced split the
+   minority classes have fewer).
+3. Repair: one epoch of Adam (lr 0.01, batch 256) on that retained subset.
+
+Impair and repair use BatchNorm in train mode (the notebook's
+`model.train(True)`) through the shared fine-tuning step of `common`.
+Access: RETAINED_DATA (the original model is always granted).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from geniu_jax.config import Config
+from geniu_jax.methods import common
+from geniu_jax.methods.registry import Access, Grant, register
+from geniu_jax.models import functional as F
+
+
+@dataclasses.dataclass(frozen=True)
+class UNSIRSettings:
+  noise_batch: int = 256
+  noise_lr: float = 0.1
+  noise_steps: int = 40
+  noise_l2: float = 0.1
+  noise_copies: int = 20
+  retain_per_class: int = 1000
+  impair_lr: float = 0.02
+  impair_epochs: int = 1
+  repair_lr: float = 0.01
+  repair_epochs: int = 1
+  batch_size: int = 256
+
+
+PRESETS = {
+    "paper": UNSIRSettings(),
+    "cpu": UNSIRSettings(noise_batch=128, noise_copies=10, retain_per_class=500,
+                         batch_size=128),
+    "smoke": UNSIRSettings(noise_batch=32, noise_steps=10, noise_copies=2,
+                           retain_per_class=40, batch_size=64),
+}
+
+
+def noise_loss(noise, graphdef, params, stats, label, l2: float) -> jax.Array:
+  """-CE(f(N), label) + l2 * mean_i sum(N_i^2) (model frozen, eval mode)."""
+  logits = F.classifier_logits(graphdef, params, stats, noise)
+  labels = jnp.full((noise.shape[0],), label, jnp.int32)
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+  return -ce + l2 * jnp.mean(jnp.sum(noise ** 2, axis=tuple(range(1, noise.ndim))))
+
+
+@functools.lru_cache(maxsize=None)
+def _noise_program(graphdef, batch: int, image_shape: tuple, lr: float, steps: int, l2: float):
+  """Jitted `(params, stats, key_data, label) -> (noise, final loss)`, one lax.scan."""
+  optimizer = optax.adam(lr)
+
+  def fn(params, stats, key_data, label):
+    noise = jax.random.normal(jax.random.wrap_key_data(key_data), (batch, *image_shape))
+
+    def step(carry, _):
+      noise, opt_state = carry
+      loss, grad = jax.value_and_grad(noise_loss)(noise, graphdef, params, stats, label, l2)
+      updates, opt_state = optimizer.update(grad, opt_state, noise)
+      return (optax.apply_updates(noise, updates), opt_state), loss
+
+    (noise, _), losses = jax.lax.scan(step, (noise, optimizer.init(noise)), None, length=steps)
+    return noise, losses[-1]
+
+  return jax.jit(fn)
+
+
+@register("unsir", {Access.RETAINED_DATA},
+          "UNSIR (Tarun et al.): error-maximising noise, impair on noise + retained, repair")
+def unsir(grant: Grant, cfg: Config, key: jax.Array,
+          settings: UNSIRSettings | None = None) -> tuple[F.SplitModel, dict]:
+  """Noise per forgotten class, one impair epoch, one repair epoch (module docstring)."""
+  s = settings or common.by_preset(cfg, PRESETS)
+  watch = common.Stopwatch()
+  model = grant.classifier
+  k_noise, k_data = jax.random.split(key)
+  rng = common.host_rng(k_data)
+
+  noise_fn = _noise_program(model.graphdef, s.noise_batch, tuple(grant.image_shape),
+                            s.noise_lr, s.noise_steps, s.noise_l2)
+  noises, noise_losses = [], {}
+  for i, f in enumerate(grant.forget):
+    kd = jax.random.key_data(jax.random.fold_in(k_noise, i))
+    noise, loss = watch.run(noise_fn, model.params, model.stats, kd, jnp.asarray(f, jnp.int32))
+    noises.append((np.asarray(noise), f))
+    noise_losses[str(f)] = float(loss)
+
+  x_r, y_r = grant.retained_data
+  x_sub, y_sub = common.subsample_per_class(np.asarray(x_r), np.asarray(y_r),
+                                            s.retain_per_class, rng)
+  x_imp = np.concatenate([np.tile(n, (s.noise_copies, 1, 1, 1)) for n, _ in noises] + [x_sub])
+  y_imp = np.concatenate([np.full(s.noise_copies * len(n), f, np.int32) for n, f in noises]
+                         + [y_sub.astype(np.int32)])
+
+  batches = common.epoch_batches(len(y_imp), s.batch_size, s.impair_epochs, rng)
+  model, impair = common.fit(watch, model, x_imp, y_imp, batches, kind="adam",
+                             learning_rate=s.impair_lr)
+  batches = common.epoch_batches(len(y_sub), s.batch_size, s.repair_epochs, rng)
+  model, repair = common.fit(watch, model, x_sub, y_sub, batches, kind="adam",
+                             learning_rate=s.repair_lr)
+  return model, {"noise_loss": noise_losses, "retained_subset": int(len(y_sub)),
+                 "impair_samples": int(len(y_imp)), "impair_steps": len(impair["losses"]),
+                 "repair_steps": len(repair["losses"]), **watch.report()}
