@@ -36,6 +36,9 @@ FORMAT = "geniu_jax/1"
 _PACKAGES = ("geniu_jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "chex")
 
 
+_REQUIRED_METADATA = ("data_source", "image_shape", "num_classes", "majority", "config")
+
+
 class CheckpointError(RuntimeError):
   """A checkpoint is missing, corrupt, or does not fit the requested model."""
 
@@ -146,6 +149,9 @@ def read_metadata(directory: str | os.PathLike) -> dict:
     raise CheckpointError(f"corrupt checkpoint metadata in {meta_file}: {err}") from None
   if not isinstance(meta, dict) or meta.get("format") != FORMAT:
     raise CheckpointError(f"{path} is not a {FORMAT} checkpoint")
+  missing = [k for k in _REQUIRED_METADATA if k not in meta]
+  if missing or not isinstance(meta.get("config"), dict):
+    raise CheckpointError(f"corrupt checkpoint metadata in {meta_file}: missing {missing or ['config']}")
   return meta
 
 

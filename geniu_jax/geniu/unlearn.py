@@ -8,10 +8,10 @@ Two choices the paper leaves open, made from what an independent prototype
 measured:
 * BatchNorm runs with the stored statistics during tuning. In train mode the
   few proxies overwrite the running averages and forgetting fails.
-* 1/CE stays finite: CE is computed as log1p(...) (never exactly 0 in float32)
-  and floored at `ce_floor` before inverting, so the first rounds, where the
-  forgotten proxy is confidently its class, give a large but finite gradient
-  that Adam normalises.
+* 1/CE stays finite: CE is computed as softplus(logsumexp_{j != y}(l_j - l_y))
+  (never exactly 0 in float32, never inf) and inverted as 1/(CE + ce_floor),
+  so the first rounds, where the forgotten proxy is confidently its class,
+  give a large but finite gradient that Adam normalises.
 
 Optional data-free stopping rule (`stop_forget_prob`): stop after the first
 round where every forgotten proxy gives its class probability <= the
@@ -53,7 +53,9 @@ def in_batch_loss(params, graphdef, stats, proxies: jax.Array, labels: jax.Array
   """Eq. 10: sum_{retained} CE + sum_{forgotten} 1/CE, classifier in eval mode."""
   logits = F.classifier_logits(graphdef, params, stats, proxies)
   ce = batch_cross_entropy(logits, labels)
-  inv = 1.0 / jnp.maximum(ce, ce_floor)
+  # 1/(CE + floor), not 1/max(CE, floor): a confidently-kept forgotten proxy
+  # (CE below the floor) must still push its logits apart.
+  inv = 1.0 / (ce + ce_floor)
   return jnp.sum(jnp.where(forget_mask, inv, ce))
 
 

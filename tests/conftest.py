@@ -1,0 +1,123 @@
+"""Shared tiny fixtures for the core tests (models, GENIU phases, checkpoints, CLI).
+
+Everything here is deliberately small (width 0.0625, 8x8 images, K=4, B=2) so
+that the suite runs in minutes on two CPU cores; compilation dominates, so the
+native conv lowering is used where the lowering is not under test.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from geniu_jax import checkpoint as ckpt_lib
+from geniu_jax.config import get_config
+from geniu_jax.models import functional as F
+
+TINY_SHAPE = (8, 8, 1)
+TINY_K = 4
+TINY_B = 2
+TINY_WIDTH = 0.0625
+TINY_LOWERING = "native"
+
+
+def normal(seed, shape, scale=1.0) -> jax.Array:
+  """float32 N(0, scale^2) test data from numpy (jax.random compiles per shape)."""
+  return jnp.asarray(scale * np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+
+
+def randomize(state, seed, scale=0.5, positive=False):
+  """An nnx.State of the same structure with random (non-initial) leaves."""
+  leaves, treedef = jax.tree_util.tree_flatten(state)
+  rng = np.random.default_rng(seed)
+  new = []
+  for leaf in leaves:
+    r = scale * rng.standard_normal(leaf.shape)
+    new.append(jnp.asarray(np.abs(r) + 0.1 if positive else r, leaf.dtype))
+  return jax.tree_util.tree_unflatten(treedef, new)
+
+
+def pure_leaves(state) -> dict:
+  """{key path string: numpy array} of an nnx.State (or any pytree)."""
+  if isinstance(state, nnx.State):
+    state = nnx.to_pure_dict(state)
+  return {jax.tree_util.keystr(p): np.asarray(v)
+          for p, v in jax.tree_util.tree_leaves_with_path(state)}
+
+
+def assert_trees_identical(a, b):
+  la, lb = pure_leaves(a), pure_leaves(b)
+  assert la.keys() == lb.keys()
+  for k in la:
+    assert la[k].dtype == lb[k].dtype, k
+    assert la[k].shape == lb[k].shape, k
+    assert np.array_equal(la[k], lb[k]), k
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier() -> F.SplitModel:
+  """Random tiny AllCNN (K=4, 8x8x1), eval-mode BatchNorm at its initial stats."""
+  return F.make_classifier(TINY_K, TINY_SHAPE, TINY_WIDTH, TINY_LOWERING, jax.random.key(0))
+
+
+@pytest.fixture(scope="session")
+def tiny_generator() -> F.SplitModel:
+  return F.make_generator(TINY_SHAPE, None, TINY_LOWERING, jax.random.key(1))
+
+
+@pytest.fixture(scope="session")
+def tiny_prompts() -> jax.Array:
+  return normal(2, (TINY_K * TINY_B, *TINY_SHAPE))
+
+
+def make_tiny_checkpoint(directory, *, image_shape=TINY_SHAPE, num_classes=TINY_K,
+                         seed=0, source="arrays"):
+  """Writes a checkpoint of random (non-initial) tiny models; returns its pieces."""
+  cfg = get_config("smoke", width=TINY_WIDTH, proxies_per_class=TINY_B)
+  base = 100 * (seed + 1)
+  cls = F.make_classifier(num_classes, image_shape, cfg.width, TINY_LOWERING,
+                          jax.random.key(base))
+  gen = F.make_generator(image_shape, cfg.latent_dim, TINY_LOWERING, jax.random.key(base + 1))
+  cls = cls._replace(params=randomize(cls.params, base + 2),
+                     stats=randomize(cls.stats, base + 3, positive=True))
+  gen = gen._replace(params=randomize(gen.params, base + 4))
+  prompts = normal(base + 5, (num_classes * cfg.proxies_per_class, *image_shape))
+  meta = ckpt_lib.make_metadata(cfg, source=source, image_shape=image_shape,
+                                num_classes=num_classes, majority=[num_classes - 1],
+                                extra={"note": "tiny test checkpoint"})
+  path = ckpt_lib.save(directory, cls, gen, prompts, meta)
+  return path, cls, gen, prompts, meta
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory):
+  """(path, classifier, generator, prompts, metadata) of a tiny saved checkpoint."""
+  return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "ckpt")
+
+
+@pytest.fixture(scope="session")
+def fmnist_shaped_ckpt(tmp_path_factory):
+  """A tiny untrained checkpoint that fits the embedded data (28x28x1, K=10)."""
+  return make_tiny_checkpoint(tmp_path_factory.mktemp("fm") / "ckpt",
+                              image_shape=(28, 28, 1), num_classes=10, seed=1,
+                              source="embedded")
+
+
+def replace_leaf(state, path: str, value):
+  """Copy of `state` with the leaf at pure-dict key path `path` (e.g.
+  "['head']['bias']") replaced by `value`."""
+  found = []
+
+  def swap(p, leaf):
+    key = jax.tree_util.keystr(p)
+    if key == path or key == path + ".value":
+      found.append(key)
+      return jnp.asarray(value, leaf.dtype).reshape(leaf.shape)
+    return leaf
+
+  new = jax.tree_util.tree_map_with_path(swap, state)
+  assert len(found) == 1, f"{path} not found exactly once in the state"
+  return new

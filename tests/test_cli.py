@@ -1,0 +1,276 @@
+"""The `geniu` command: one-line usage errors (exit 2) and a smoke run end to end.
+
+Commands run in-process through `geniu_jax.cli.main`; one subprocess checks the
+real exit status of `python -m geniu_jax.cli`. The smoke-trained checkpoint is
+trained once per module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from geniu_jax import checkpoint as ckpt_lib
+from geniu_jax import cli
+from geniu_jax.config import Config
+
+from conftest import assert_trees_identical, pure_leaves
+
+REPO = Path(__file__).resolve().parents[1]
+ALL_CLASSES = [str(k) for k in range(10)]
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+  rc = cli.main([str(a) for a in argv])
+  out, err = capsys.readouterr()
+  return rc, out, err
+
+
+def assert_usage_error(rc, err, *not_created: Path, contains: str | None = None):
+  assert rc == cli.EXIT_USAGE == 2
+  lines = err.splitlines()
+  assert len(lines) == 1, err
+  assert lines[0].startswith("geniu: error:"), err
+  if contains is not None:
+    assert contains in lines[0]
+  for path in not_created:
+    assert not path.exists(), f"{path} was created"
+    leftovers = [p.name for p in path.parent.iterdir() if p.name.startswith(f".{path.name}")]
+    assert not leftovers, leftovers
+
+
+# --- usage errors -----------------------------------------------------------------
+
+@pytest.mark.parametrize("data,contains", [
+    ("bogus:thing", "unknown data source"),
+    ("cifar10", "unknown data source"),
+    ("idx:/nonexistent/geniu-test-dir", "idx"),
+    ("npz:/nonexistent/file.npz", "not found"),
+], ids=["unknown-prefix", "no-prefix", "missing-idx-dir", "missing-npz"])
+def test_train_bad_source(capsys, tmp_path, data, contains):
+  out = tmp_path / "out"
+  rc, _, err = run_cli(capsys, "train", "--data", data, "--majority", "9", "--preset",
+                       "smoke", "--out", out)
+  assert_usage_error(rc, err, out, contains=contains)
+
+
+@pytest.mark.parametrize("majority,contains", [
+    (["10"], "outside [0, 10)"),
+    (["-1"], "outside [0, 10)"),
+    (["9", "9"], "duplicates"),
+    (ALL_CLASSES, "every"),
+], ids=["too-big", "negative", "duplicate", "every-class"])
+def test_train_bad_majority_classes(capsys, tmp_path, majority, contains):
+  out = tmp_path / "out"
+  rc, _, err = run_cli(capsys, "train", "--data", "embedded", "--majority", *majority,
+                       "--preset", "smoke", "--out", out)
+  assert_usage_error(rc, err, out, contains=contains)
+
+
+def test_train_refuses_an_existing_out_dir(capsys, tmp_path):
+  out = tmp_path / "taken"
+  out.mkdir()
+  (out / "keep.txt").write_text("x")
+  rc, _, err = run_cli(capsys, "train", "--data", "embedded", "--majority", "9",
+                       "--preset", "smoke", "--out", out)
+  assert_usage_error(rc, err, contains="already exists")
+  assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+@pytest.mark.parametrize("forget,contains", [
+    (["10"], "outside [0, 10)"),
+    (["-3"], "outside [0, 10)"),
+    (["9", "9"], "duplicates"),
+    (ALL_CLASSES, "every"),
+], ids=["too-big", "negative", "duplicate", "every-class"])
+def test_unlearn_bad_forget_classes(capsys, tmp_path, fmnist_shaped_ckpt, forget, contains):
+  out = tmp_path / "out"
+  rc, _, err = run_cli(capsys, "unlearn", "--ckpt", fmnist_shaped_ckpt[0], "--forget",
+                       *forget, "--out", out)
+  assert_usage_error(rc, err, out, contains=contains)
+
+
+@pytest.mark.parametrize("forget", [["10"], ["9", "9"], ALL_CLASSES],
+                         ids=["too-big", "duplicate", "every-class"])
+def test_evaluate_bad_forget_classes(capsys, fmnist_shaped_ckpt, forget):
+  rc, out, err = run_cli(capsys, "evaluate", "--ckpt", fmnist_shaped_ckpt[0], "--data",
+                         "embedded", "--forget", *forget)
+  assert_usage_error(rc, err)
+  assert out == ""
+
+
+def _foreign_dirs(tmp_path):
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  junk = tmp_path / "junk"
+  junk.mkdir()
+  (junk / "model.bin").write_bytes(os.urandom(64))
+  (junk / "notes.txt").write_text("not a checkpoint")
+  bad_meta = tmp_path / "bad_meta"
+  bad_meta.mkdir()
+  (bad_meta / "metadata.json").write_text("{broken")
+  other = tmp_path / "other_format"
+  other.mkdir()
+  (other / "metadata.json").write_text(json.dumps({"format": "torch/1"}))
+  a_file = tmp_path / "a_file"
+  a_file.write_text("x")
+  return {"missing": tmp_path / "missing", "empty": empty, "junk": junk,
+          "bad-metadata": bad_meta, "other-format": other, "a-file": a_file}
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty", "junk", "bad-metadata",
+                                  "other-format", "a-file"])
+def test_unlearn_and_evaluate_reject_missing_or_foreign_checkpoints(capsys, tmp_path, kind):
+  ckpt = _foreign_dirs(tmp_path)[kind]
+  out = tmp_path / "out"
+  rc, _, err = run_cli(capsys, "unlearn", "--ckpt", ckpt, "--forget", "9", "--out", out)
+  assert_usage_error(rc, err, out)
+  rc, stdout, err = run_cli(capsys, "evaluate", "--ckpt", ckpt, "--data", "embedded",
+                            "--forget", "9")
+  assert_usage_error(rc, err)
+  assert stdout == ""
+
+
+def test_evaluate_rejects_data_that_does_not_fit_the_checkpoint(capsys, tiny_ckpt):
+  rc, out, err = run_cli(capsys, "evaluate", "--ckpt", tiny_ckpt[0], "--data", "embedded",
+                         "--forget", "1")
+  assert_usage_error(rc, err, contains="does not fit")
+  assert out == ""
+
+
+def test_unlearn_needs_a_generator(capsys, tmp_path, tiny_classifier):
+  meta = ckpt_lib.make_metadata(Config(width=0.0625), source="arrays",
+                                image_shape=(8, 8, 1), num_classes=4, majority=[0])
+  plain = ckpt_lib.save(tmp_path / "plain", tiny_classifier, None, None, meta)
+  out = tmp_path / "out"
+  rc, _, err = run_cli(capsys, "unlearn", "--ckpt", plain, "--forget", "1", "--out", out)
+  assert_usage_error(rc, err, out, contains="generator")
+
+
+@pytest.mark.parametrize("argv", [
+    [],
+    ["fly"],
+    ["train", "--data", "embedded", "--out", "x"],                       # no --majority
+    ["train", "--data", "embedded", "--majority", "nine", "--out", "x"],
+    ["train", "--data", "embedded", "--majority", "9", "--preset", "huge", "--out", "x"],
+    ["unlearn", "--ckpt", "c", "--forget", "9", "--out", "x", "--no-stop",
+     "--stop-forget-prob", "0.1"],
+    ["evaluate", "--ckpt", "c", "--forget", "9"],                        # no --data
+], ids=["nothing", "unknown-command", "missing-flag", "not-an-int", "bad-preset",
+        "exclusive-flags", "evaluate-no-data"])
+def test_argument_errors_are_one_line(capsys, tmp_path, monkeypatch, argv):
+  monkeypatch.chdir(tmp_path)
+  rc, _, err = run_cli(capsys, *argv)
+  assert_usage_error(rc, err)
+  assert list(tmp_path.iterdir()) == []
+
+
+def test_real_process_exit_code_is_2(tmp_path):
+  out = tmp_path / "out"
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+      [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+  proc = subprocess.run(
+      [sys.executable, "-m", "geniu_jax.cli", "unlearn", "--ckpt", str(tmp_path / "nope"),
+       "--forget", "9", "--out", str(out)],
+      cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, proc.stderr
+  lines = proc.stderr.splitlines()
+  assert len(lines) == 1 and lines[0].startswith("geniu: error:"), proc.stderr
+  assert proc.stdout == ""
+  assert not out.exists()
+
+
+# --- smoke run end to end -------------------------------------------------------------
+
+def _main_capturing_stdout(argv) -> tuple[int, str]:
+  buf = io.StringIO()
+  with contextlib.redirect_stdout(buf):
+    rc = cli.main([str(a) for a in argv])
+  return rc, buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+  """`geniu train` (smoke preset) then `geniu unlearn --forget 9`, once per module."""
+  root = tmp_path_factory.mktemp("cli_smoke")
+  a, b = root / "A", root / "B"
+  rc, _ = _main_capturing_stdout(["train", "--data", "embedded", "--majority", "9",
+                                  "--preset", "smoke", "--out", a])
+  assert rc == 0 and a.is_dir()
+  rc, out = _main_capturing_stdout(["unlearn", "--ckpt", a, "--forget", "9", "--out", b,
+                                    "--json"])
+  assert rc == 0 and b.is_dir()
+  return a, b, out
+
+
+def test_train_writes_a_checkpoint(smoke_run):
+  a = smoke_run[0]
+  meta = ckpt_lib.read_metadata(a)
+  assert meta["preset"] == "smoke" and meta["data_source"] == "embedded"
+  assert meta["majority"] == [9] and meta["num_classes"] == 10
+  assert meta["image_shape"] == [28, 28, 1]
+  assert meta["has_generator"] is True
+  assert len(meta["history"]) == meta["config"]["epochs"]
+  counts = meta["class_counts"]
+  assert counts[9] == max(counts) and all(c < counts[9] for c in counts[:9])
+  ck = ckpt_lib.restore(a)
+  assert ck.prompts.shape == (10 * meta["config"]["proxies_per_class"], 28, 28, 1)
+
+
+def test_unlearn_reports_json_on_the_last_stdout_line(smoke_run):
+  a, b, out = smoke_run
+  report = json.loads(out.strip().splitlines()[-1])
+  assert report["method"] == "geniu" and report["forget"] == [9]
+  for key in ("unlearn_ms", "compile_ms"):
+    assert isinstance(report[key], (int, float)) and report[key] > 0
+  cfg = ckpt_lib.read_metadata(a)["config"]
+  assert 1 <= report["rounds_run"] <= cfg["unlearn_rounds"]
+  meta_b = ckpt_lib.read_metadata(b)
+  assert meta_b["unlearned"] == report
+  assert meta_b["config"] == cfg
+
+
+def test_unlearning_changes_params_but_not_batchnorm_stats(smoke_run):
+  a, b, _ = smoke_run
+  ca, cb = ckpt_lib.restore(a), ckpt_lib.restore(b)
+  assert_trees_identical(cb.classifier.stats, ca.classifier.stats)
+  assert_trees_identical(cb.generator.params, ca.generator.params)
+  assert np.array_equal(np.asarray(cb.prompts), np.asarray(ca.prompts))
+  pa, pb = pure_leaves(ca.classifier.params), pure_leaves(cb.classifier.params)
+  assert pa.keys() == pb.keys()
+  assert any(not np.array_equal(pa[k], pb[k]) for k in pa)
+
+
+def test_evaluate_shows_acc_f_falling(capsys, smoke_run):
+  a, b, _ = smoke_run
+  results = {}
+  for name, ckpt in (("A", a), ("B", b)):
+    rc, out, err = run_cli(capsys, "evaluate", "--ckpt", ckpt, "--data", "embedded",
+                           "--forget", "9", "--json")
+    assert rc == 0, err
+    lines = out.strip().splitlines()
+    assert lines[0].startswith("Acc_r ") and "Acc_f " in lines[0]
+    results[name] = json.loads(lines[-1])
+    assert len(results[name]["per_class"]) == 10
+    assert f"Acc_f {results[name]['acc_f']:.4f}" in lines[0]
+  print(f"smoke: A {results['A']}, B {results['B']}")
+  assert results["B"]["acc_f"] < results["A"]["acc_f"]
+  # Acc_f is the forgotten class's accuracy (class 9 is the only forgotten class).
+  for r in results.values():
+    assert r["acc_f"] == pytest.approx(r["per_class"][9])
+
+
+def test_unlearn_refuses_an_existing_out_dir(capsys, smoke_run):
+  a, b, _ = smoke_run
+  before = sorted(p.name for p in b.rglob("*"))
+  rc, _, err = run_cli(capsys, "unlearn", "--ckpt", a, "--forget", "9", "--out", b)
+  assert_usage_error(rc, err, contains="already exists")
+  assert sorted(p.name for p in b.rglob("*")) == before
