@@ -13,6 +13,7 @@ import sys
 from typing import Sequence
 
 from geniu_jax import checkpoint as ckpt_lib
+from geniu_jax import compile_cache
 from geniu_jax import data as data_lib
 from geniu_jax.config import PRESETS, Config, get_config
 
@@ -44,6 +45,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
   parser = _Parser(prog="geniu", description=__doc__.splitlines()[0])
+  compile_cache.add_flag(parser)
   sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
   p = sub.add_parser("train", help="training phase (Alg. 1), writes a checkpoint")
@@ -178,6 +180,7 @@ COMMANDS = {"train": cmd_train, "unlearn": cmd_unlearn, "evaluate": cmd_evaluate
 def main(argv: Sequence[str] | None = None) -> int:
   try:
     args = build_parser().parse_args(argv)
+    compile_cache.configure(args.compilation_cache)
     return COMMANDS[args.command](args)
   except (UsageError, data_lib.DataError, ckpt_lib.CheckpointError, ValueError) as err:
     print(f"geniu: error: {err}", file=sys.stderr)

@@ -66,9 +66,13 @@ def classifier_optimizer(cfg: Config, total_steps: int) -> optax.GradientTransfo
 def make_train_step(graphdef, optimizer, selection: str | None,
                     recorder: Recorder | None) -> Callable:
   """One classifier step; optionally merges the batch into the running top-B."""
+  from geniu_jax import parallel  # local: parallel.train imports this module
 
   def train_step(state: ClassifierState, topb, records, x_all, y_all, batch_idx):
-    x, y = x_all[batch_idx], y_all[batch_idx]
+    # Under `parallel.data_parallel(mesh)` the batch is split over the devices
+    # (a no-op otherwise); constraining the indices makes the gather local.
+    batch_idx = parallel.shard_batch(batch_idx)
+    x, y = parallel.shard_batch(x_all[batch_idx]), parallel.shard_batch(y_all[batch_idx])
 
     def loss_fn(params):
       logits, stats = F.classifier_apply(graphdef, params, state.stats, x, train=True)

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# One-shot GPU run of the benchmarks (written for the lent NVIDIA H100 machine).
+#
+# Runs unlearn_latency (paper size; PyTorch reference on the GPU), train_throughput
+# and sweep (twice: native, then matmul convolutions in the vmapped program) with
+# --json, each under its own time limit, and writes every report to $OUT
+# (default ./gpu_out). Whole script: about 5-7 minutes on an H100 (a run with
+# fewer repetitions and no sweep_patches took 150 s; see benchmarks/RESULTS.md).
+#
+# That machine has no network; its image already holds everything this needs
+# under `python3`: jax with the CUDA plugin, flax, optax, chex, orbax, numpy and
+# torch with CUDA (seen 2026-11-27: jax 0.11.2, flax 0.12.10, optax 0.2.8, torch
+# 2.11.0+cu130). Use them as they are: flax 0.12.8 (this repo's CPU pin) does not
+# import under jax 0.11 (jax.experimental.hijax has no HiPrimitive there).
+#
+# Usage (from the repository root): OUT=/some/dir bash benchmarks/gpu_run.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-./gpu_out}
+mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONUNBUFFERED=1
+# JAX would take 75 % of the GPU up front; the PyTorch reference runs in a
+# subprocess while the JAX process is alive and needs its own share.
+export XLA_PYTHON_CLIENT_MEM_FRACTION=0.5
+
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
+  $PY -c "import jax, jaxlib, flax, optax, torch; print('jax', jax.__version__, jax.devices(), \
+'| flax', flax.__version__, '| optax', optax.__version__, '| torch', torch.__version__, \
+torch.cuda.is_available() and torch.cuda.get_device_name())"
+} 2>&1 | tee "$OUT/env.txt"
+
+run() {  # label, time limit (s), benchmark module, its arguments...
+  local label=$1 limit=$2 module=$3; shift 3
+  echo "== $label: benchmarks.$module $*" | tee "$OUT/$label.txt"
+  local t0=$SECONDS
+  timeout "$limit" $PY -m "benchmarks.$module" "$@" 2>&1 | tee -a "$OUT/$label.txt"
+  echo "== $label exit ${PIPESTATUS[0]} after $((SECONDS - t0)) s" | tee -a "$OUT/$label.txt"
+  grep '^{' "$OUT/$label.txt" | tail -n 1 > "$OUT/$label.json"
+}
+
+run unlearn_latency 150 unlearn_latency --json --torch-device cuda --reps 20 --warmup 3 --torch-bare
+run train_throughput 120 train_throughput --json --torch-device cuda --reps 20 --warmup 3
+run sweep 210 sweep --json --n 10 --reps 10 --warmup 2 --train-n 4 --train-width 1.0 \
+  --train-images 4096 --train-epochs 3
+# The vmapped program with matmul ("patches") convolutions: batched GEMMs
+# instead of the grouped convolutions that vmapped native convs become.
+run sweep_patches 120 sweep --json --n 10 --reps 10 --warmup 2 --skip-train --vmap-lowering patches
+echo "== done; outputs in $OUT"
+ls -la "$OUT"
