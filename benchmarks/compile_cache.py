@@ -9,9 +9,9 @@ same checkpoint:
   writes the cache);
 * `warm` -- the same directory again (loads the executable).
 
-The CLI is started through a two-line driver that calls
-`geniu_jax.compile_cache.enable_from_env()` before `geniu_jax.cli.main`: the
-wiring this benchmark proposes for cli.py. The checkpoint holds freshly
+The CLI is `python -m geniu_jax.cli`, which enables the cache from
+`--compilation-cache` or GENIU_COMPILATION_CACHE (`compile_cache.configure`)
+before it compiles anything. The checkpoint holds freshly
 initialised models of the requested width (unlearning time does not depend on
 the weights when every round runs: `--no-stop`).
 
@@ -40,8 +40,6 @@ from geniu_jax.config import get_config
 from geniu_jax.models import functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
-DRIVER = ("import sys; from geniu_jax import compile_cache; compile_cache.enable_from_env(); "
-          "from geniu_jax.cli import main; sys.exit(main(sys.argv[1:]))")
 
 
 def make_checkpoint(directory: Path, width: float) -> Path:
@@ -62,7 +60,7 @@ def run_cli(ckpt: Path, out: Path, rounds: int, cache: Path | None) -> dict:
   env.pop(compile_cache.ENV_VAR, None)
   if cache is not None:
     env[compile_cache.ENV_VAR] = str(cache)
-  cmd = [sys.executable, "-c", DRIVER, "unlearn", "--ckpt", str(ckpt), "--forget", "0",
+  cmd = [sys.executable, "-m", "geniu_jax.cli", "unlearn", "--ckpt", str(ckpt), "--forget", "0",
          "--rounds", str(rounds), "--no-stop", "--out", str(out), "--json"]
   t0 = time.perf_counter()
   proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
