@@ -80,24 +80,24 @@ def make_metadata(cfg: Config, *, source: str, image_shape, num_classes: int,
   return meta
 
 
-def _str_keys(tree: Any) -> Any:
+def str_keys(tree: Any) -> Any:
   # Orbax stores dict keys as strings; NNX lists give integer keys.
   if isinstance(tree, dict):
-    return {str(k): _str_keys(v) for k, v in tree.items()}
+    return {str(k): str_keys(v) for k, v in tree.items()}
   return tree
 
 
-def _keys_like(stored: Any, like: Any) -> Any:
+def keys_like(stored: Any, like: Any) -> Any:
   """Maps string keys back to the key types of `like` (e.g. list indices)."""
   if isinstance(like, dict):
-    return {k: _keys_like(stored[str(k)], v) for k, v in like.items()}
+    return {k: keys_like(stored[str(k)], v) for k, v in like.items()}
   return stored
 
 
 def _filled(state, stored: dict):
   """`state` (an nnx.State) with its values replaced by the stored arrays."""
   like = nnx.to_pure_dict(state)
-  nnx.replace_by_pure_dict(state, _keys_like(stored, like))  # in place, returns None
+  nnx.replace_by_pure_dict(state, keys_like(stored, like))  # in place, returns None
   return state
 
 
@@ -109,7 +109,7 @@ def _to_tree(classifier, generator, prompts, records) -> dict:
     tree["prompts"] = np.asarray(prompts)
   if records is not None:
     tree["records"] = records
-  return _str_keys(tree)
+  return str_keys(tree)
 
 
 def save(directory: str | os.PathLike, classifier: F.SplitModel,
@@ -199,8 +199,8 @@ def restore(directory: str | os.PathLike, *, lowering: str = "auto",
   meta = read_metadata(path)
   classifier, generator = build_models(meta, lowering)
   if expect_classifier is not None:
-    _check_shapes(_str_keys(nnx.to_pure_dict(classifier.params)),
-                  _str_keys(nnx.to_pure_dict(expect_classifier.params)), "requested classifier")
+    _check_shapes(str_keys(nnx.to_pure_dict(classifier.params)),
+                  str_keys(nnx.to_pure_dict(expect_classifier.params)), "requested classifier")
   try:
     stored = ocp.StandardCheckpointer().restore(path / "state")
   except Exception as err:  # Orbax raises many types for unreadable data.
@@ -215,7 +215,7 @@ def restore(directory: str | os.PathLike, *, lowering: str = "auto",
   restored_gen, prompts = None, None
   if generator is not None:
     gen_like = nnx.to_pure_dict(generator.params)
-    _check_shapes(stored["generator"]["params"], _str_keys(gen_like), "generator")
+    _check_shapes(stored["generator"]["params"], str_keys(gen_like), "generator")
     gparams = _filled(generator.params, stored["generator"]["params"])
     restored_gen = F.SplitModel(generator.graphdef, gparams, generator.stats)
     prompts = jax.numpy.asarray(stored["prompts"])

@@ -43,25 +43,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from geniu_jax.checkpoint import keys_like, str_keys
+
 Tree = Any
-
-
-def _str_keys(tree: Tree) -> Tree:
-  if isinstance(tree, dict):
-    return {str(k): _str_keys(v) for k, v in tree.items()}
-  return tree
-
-
-def _keys_like(stored: Tree, like: Tree) -> Tree:
-  if isinstance(like, dict):
-    return {k: _keys_like(stored[str(k)], v) for k, v in like.items()}
-  return stored
 
 
 def state_to_tree(state: Any) -> Tree:
   """NNX `State` (or pure dict) -> pure dict with string keys (jit-friendly)."""
   pure = nnx.to_pure_dict(state) if isinstance(state, nnx.State) else state
-  return _str_keys(pure)
+  return str_keys(pure)
 
 
 def tree_to_state(tree: Tree, like: nnx.State) -> nnx.State:
@@ -71,7 +61,7 @@ def tree_to_state(tree: Tree, like: nnx.State) -> nnx.State:
   in flax 0.12), so it is applied to a fresh copy and `like` stays untouched.
   """
   state = jax.tree.map(lambda x: x, like)
-  nnx.replace_by_pure_dict(state, _keys_like(tree, nnx.to_pure_dict(like)))
+  nnx.replace_by_pure_dict(state, keys_like(tree, nnx.to_pure_dict(like)))
   return state
 
 
