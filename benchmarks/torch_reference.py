@@ -40,10 +40,11 @@ import torch
 from torch import nn
 from torch.nn import functional as TF
 
-# Same as geniu_jax.models.allcnn.ALLCNN_BLOCKS and geniu_jax.models.vae.VAE_CHANNELS.
+# Same as geniu_jax.models.allcnn.ALLCNN_BLOCKS and geniu_jax.models.vae.{VAE,DECODER}_CHANNELS.
 ALLCNN_BLOCKS = ((96, 3, 1), (96, 3, 1), (192, 3, 2), (192, 3, 1), (192, 3, 1),
                  (192, 3, 2), (192, 3, 1), (192, 1, 1))
 VAE_CHANNELS = (32, 64, 128, 256)
+DECODER_CHANNELS = (128, 64, 32, 32)
 CE_FLOOR = 1e-6
 
 
@@ -99,9 +100,9 @@ class VAE(nn.Module):
     flat = self.seed_hw[0] * self.seed_hw[1] * VAE_CHANNELS[-1]
     self.to_mu, self.to_logvar = nn.Linear(flat, latent_dim), nn.Linear(flat, latent_dim)
     self.from_latent = nn.Linear(latent_dim, flat)
-    rev = (VAE_CHANNELS[-1],) + tuple(reversed(VAE_CHANNELS))
-    self.decoder = nn.ModuleList(SameConv(a, b, 3, 1, True) for a, b in zip(rev, rev[1:]))
-    self.to_image = SameConv(VAE_CHANNELS[0], c, 3, 1, True)
+    dec = (VAE_CHANNELS[-1],) + DECODER_CHANNELS
+    self.decoder = nn.ModuleList(SameConv(a, b, 3, 1, True) for a, b in zip(dec, dec[1:]))
+    self.to_image = SameConv(DECODER_CHANNELS[-1], c, 3, 1, True)
 
   def forward(self, z):
     x = z
@@ -128,24 +129,36 @@ def cross_entropy(logits, labels):
 
 
 def in_batch_tuning(model, proxies, labels, forget_mask, rounds, lr, trace=True):
-  """Eq. 10 for `rounds` rounds; returns the per-round loss (and trace) lists."""
+  """Eq. 10 for `rounds` rounds; returns the per-round loss (and trace) lists.
+
+  As geniu_jax, the trace of the parameters after r rounds is read off the
+  forward that computes update r + 1 (one forward + backward per round), plus
+  one forward after the last round.
+  """
   model.eval()  # stored BatchNorm statistics, as geniu_jax
   opt = torch.optim.Adam(model.parameters(), lr=lr)
   losses, forget_probs, retain_accs = [], [], []
+
+  def record(logits):
+    own = logits.softmax(1).gather(1, labels[:, None])[:, 0]
+    forget_probs.append(torch.where(forget_mask, own, 0.0).max())
+    hits = (logits.argmax(1) == labels) & ~forget_mask
+    retain_accs.append(hits.sum() / (~forget_mask).sum().clamp_min(1))
+
   for _ in range(rounds):
-    ce = cross_entropy(model(proxies), labels)
-    loss = torch.where(forget_mask, 1.0 / ce.clamp_min(CE_FLOOR), ce).sum()
+    logits = model(proxies)
+    ce = cross_entropy(logits, labels)
+    loss = torch.where(forget_mask, 1.0 / (ce + CE_FLOOR), ce).sum()
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
     losses.append(loss.detach())
     if trace:
       with torch.no_grad():
-        logits = model(proxies)
-        own = logits.softmax(1).gather(1, labels[:, None])[:, 0]
-        forget_probs.append(torch.where(forget_mask, own, 0.0).max())
-        hits = (logits.argmax(1) == labels) & ~forget_mask
-        retain_accs.append(hits.sum() / (~forget_mask).sum().clamp_min(1))
+        record(logits.detach())
+  if trace:
+    with torch.no_grad():
+      record(model(proxies))
   return losses, forget_probs, retain_accs
 
 

@@ -3,8 +3,8 @@
 What is timed is the library's own compiled program, `make_unlearn_fn` (the
 one `geniu unlearn` runs): proxies x' = g(z) from the VAE, then `rounds`
 rounds of in-batch tuning (Eq. 10) in one `lax.while_loop`, each round a
-forward + backward + Adam step and the per-round trace (one more forward,
-`TuningInfo`). The PyTorch reference (`benchmarks.torch_reference.unlearn`)
+forward + backward + Adam step, the per-round trace (`TuningInfo`) read off
+that same forward's logits. The PyTorch reference (`benchmarks.torch_reference.unlearn`)
 does the same work per round. Time is from inputs on the device to the tuned
 parameters ready, compilation excluded (reported apart as `compile_ms`).
 
@@ -13,8 +13,8 @@ rule; models freshly initialised (the arithmetic does not depend on the
 weights: no data-dependent control flow without a stop rule).
 
 JSON: {"jax_ms", "torch_ms", "speedup" = torch_ms / jax_ms, "compile_ms",
-"gflops" (achieved by the JAX loop, counting 4 forward-equivalents per proxy
-per round: forward, backward = 2, trace forward), ...}.
+"gflops" (achieved by the JAX loop, counting 3 forward-equivalents per proxy
+per round: forward, backward = 2), ...}.
 
 Usage: python -m benchmarks.unlearn_latency [--width 1.0] [--rounds 100] [--json]
 """
@@ -57,7 +57,7 @@ def measure_jax(width: float, rounds: int, per_class: int, reps: int, warmup: in
   compile_ms = (time.perf_counter() - t0) * 1e3
   timing = C.timed(lambda: jax.block_until_ready(compiled(*args)), reps, warmup)
   _, info = compiled(*args)
-  flops = 4 * C.allcnn_forward_flops(width) * prompts.shape[0] * rounds
+  flops = 3 * C.allcnn_forward_flops(width) * prompts.shape[0] * rounds
   return {"jax_ms": timing["median_s"] * 1e3, "compile_ms": compile_ms,
           "jax_times_ms": [t * 1e3 for t in timing["times_s"]],
           "jax_cpu_s": timing["cpu_s"], "tflop": flops / 1e12,
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
   p.add_argument("--lowering", default="auto", choices=("auto", "native", "patches"))
   p.add_argument("--torch-device", default="cpu", help="cpu or cuda (PyTorch reference)")
   p.add_argument("--torch-bare", action="store_true",
-                 help="also time PyTorch without the per-round trace (the paper's bare loop)")
+                 help="also time PyTorch without the per-round trace bookkeeping (the paper's bare loop)")
   args = p.parse_args(argv)
   extra = C.setup(args)
 
@@ -100,7 +100,7 @@ def main(argv=None) -> int:
       f"{C.fmt(out['torch_cpu_s'])} CPU-s/run)",
   ]
   if bare:
-    lines.append(f"  PyTorch    {out['torch_bare_ms']:10.1f} ms  (bare loop, no trace forward)")
+    lines.append(f"  PyTorch    {out['torch_bare_ms']:10.1f} ms  (bare loop, no trace)")
   lines.append(f"  speedup    {C.fmt(out['speedup'], '10.2f')} x")
   C.emit(lines, out, args.json)
   return 0

@@ -27,6 +27,7 @@ from geniu_jax import runs
 from geniu_jax.geniu import unlearn as U
 from geniu_jax.geniu.generator import make_proxies
 from geniu_jax.geniu.prompts import prompt_labels
+from geniu_jax.models import functional as F
 from geniu_jax.models.functional import SplitModel
 
 
@@ -39,7 +40,8 @@ def curve(ck, x_eval, y_eval, forget, *, rounds: int, lr: float, every: int) -> 
   optimizer = optax.adam(lr)
   step = jax.jit(lambda p, o: U.tuning_step(p, o, c.graphdef, c.stats, proxies, labels, mask,
                                             optimizer))
-  checks = jax.jit(lambda p: U._proxy_checks(p, c.graphdef, c.stats, proxies, labels, mask))
+  checks = jax.jit(lambda p: U.proxy_checks(
+      F.classifier_logits(c.graphdef, p, c.stats, proxies), labels, mask))
   params, opt_state = c.params, optimizer.init(c.params)
   rows = []
   for r in range(rounds + 1):

@@ -351,9 +351,9 @@ def test_confidently_classified_forgotten_proxy_still_gets_a_gradient(tiny_class
 
 def _expected_stop(info, acc0, threshold):
   """Rounds a stop rule should run, read off a no-stop run's trace (None: never stops)."""
-  fp = np.asarray(info.forget_prob)
+  fp = np.asarray(info.forget_prob)            # [r] = after r rounds, r = 0 the original
   ok = np.asarray(info.retain_proxy_acc) >= acc0
-  hits = np.flatnonzero(ok & (fp <= threshold))
+  hits = np.flatnonzero(ok[1:] & (fp[1:] <= threshold))
   return (int(hits[0]) + 1 if hits.size else None), fp, ok
 
 
@@ -378,8 +378,9 @@ def test_in_batch_tuning_runs_every_round_without_a_stop_rule_and_stops_on_the_f
       cls.params, cls.graphdef, cls.stats, tiny_prompts, labels, forget, rounds=rounds,
       lr=lr, stop_forget_prob=None)
   assert int(full.rounds_run) == rounds
-  for trace in (full.loss, full.forget_prob, full.retain_proxy_acc):
-    assert trace.shape == (rounds,) and np.all(np.isfinite(trace))
+  assert full.loss.shape == (rounds,) and np.all(np.isfinite(full.loss))
+  for trace in (full.forget_prob, full.retain_proxy_acc):
+    assert trace.shape == (rounds + 1,) and np.all(np.isfinite(trace))
   loss0 = unlearn_lib.in_batch_loss(cls.params, cls.graphdef, cls.stats, tiny_prompts,
                                     labels, jnp.asarray(mask))
   np.testing.assert_allclose(full.loss[0], loss0, rtol=1e-4)
@@ -392,7 +393,7 @@ def test_in_batch_tuning_runs_every_round_without_a_stop_rule_and_stops_on_the_f
   threshold = float(full.forget_prob[rounds // 2]) * (1 + 1e-3) + 1e-7
   expected, fp, ok = _expected_stop(full, acc0, threshold)
   assert expected is not None and expected < rounds, "precondition: the rule stops early"
-  assert np.any(ok[:expected - 1] & (fp[:expected - 1] > threshold)), (
+  assert np.any(ok[1:expected] & (fp[1:expected] > threshold)), (
       "precondition: the forget-prob condition is what delays the stop")
 
   _, early = unlearn_lib.in_batch_tuning(
@@ -400,9 +401,35 @@ def test_in_batch_tuning_runs_every_round_without_a_stop_rule_and_stops_on_the_f
       lr=lr, stop_forget_prob=threshold)
   run = int(early.rounds_run)
   assert run == expected
-  np.testing.assert_allclose(early.forget_prob[:run], full.forget_prob[:run], rtol=1e-4)
-  assert np.all(np.isnan(early.loss[run:])) and np.all(np.isnan(early.forget_prob[run:]))
-  assert float(early.forget_prob[run - 1]) <= threshold
+  np.testing.assert_allclose(early.forget_prob[:run + 1], full.forget_prob[:run + 1],
+                             rtol=1e-4)
+  np.testing.assert_allclose(early.loss[:run], full.loss[:run], rtol=1e-4)
+  assert np.all(np.isnan(early.loss[run:])) and np.all(np.isnan(early.forget_prob[run + 1:]))
+  assert float(early.forget_prob[run]) <= threshold
+
+
+def test_in_batch_tuning_equals_repeated_tuning_steps(tiny_classifier, tiny_prompts):
+  """The fused loop (checks read off the gradient's forward) is plain Adam on Eq. 10."""
+  cls = tiny_classifier
+  labels = prompt_lib.prompt_labels(TINY_K, TINY_B)
+  mask = jnp.asarray(np.asarray(labels) == 2)
+  rounds, lr = 4, 0.01
+  tuned, info = unlearn_lib.in_batch_tuning(
+      cls.params, cls.graphdef, cls.stats, tiny_prompts, labels, jnp.array([2], jnp.int32),
+      rounds=rounds, lr=lr)
+  optimizer = optax.adam(lr)
+  params, opt_state, losses = cls.params, optimizer.init(cls.params), []
+  for _ in range(rounds):
+    params, opt_state, loss = unlearn_lib.tuning_step(
+        params, opt_state, cls.graphdef, cls.stats, tiny_prompts, labels, mask, optimizer)
+    losses.append(float(loss))
+  np.testing.assert_allclose(info.loss, losses, rtol=1e-4)
+  for k, v in pure_leaves(params).items():
+    np.testing.assert_allclose(pure_leaves(tuned)[k], v, rtol=1e-4, atol=1e-6, err_msg=k)
+  final = _logits(cls.graphdef, params, cls.stats, tiny_prompts)
+  fp, acc = unlearn_lib.proxy_checks(final, labels, mask)
+  np.testing.assert_allclose(info.forget_prob[rounds], fp, rtol=1e-4)
+  np.testing.assert_allclose(info.retain_proxy_acc[rounds], acc)
 
 
 def test_in_batch_tuning_stop_rule_also_waits_for_retained_accuracy(tiny_classifier):
@@ -425,7 +452,7 @@ def test_in_batch_tuning_stop_rule_also_waits_for_retained_accuracy(tiny_classif
   assert np.all(np.isfinite(full.loss)) and np.all(np.isfinite(full.forget_prob))
   expected, fp, ok = _expected_stop(full, acc0, threshold)
   assert expected is not None and expected < rounds, "precondition: the rule stops early"
-  assert np.any(~ok[:expected - 1] & (fp[:expected - 1] <= threshold)), (
+  assert np.any(~ok[1:expected] & (fp[1:expected] <= threshold)), (
       "precondition: the retained-accuracy condition is what delays the stop")
 
   _, early = unlearn_lib.in_batch_tuning(cls.params, cls.graphdef, cls.stats, proxies,

@@ -36,11 +36,16 @@ CE_FLOOR = 1e-6
 
 
 class TuningInfo(NamedTuple):
-  """Per-round trace of in-batch tuning (entries past `rounds_run` are NaN)."""
+  """Per-round trace of in-batch tuning.
+
+  `loss[i]` is Eq. 10 before update i; `forget_prob[r]` / `retain_proxy_acc[r]`
+  are the proxy checks after r updates (r = 0: the original model). Entries
+  past `rounds_run` are NaN.
+  """
   rounds_run: jax.Array          # int, rounds actually applied
-  loss: jax.Array                # [max_rounds] Eq. 10 before each update
-  forget_prob: jax.Array         # [max_rounds] max forgotten-class prob over forgotten proxies
-  retain_proxy_acc: jax.Array    # [max_rounds] accuracy on retained proxies
+  loss: jax.Array                # [max_rounds]
+  forget_prob: jax.Array         # [max_rounds + 1] max forgotten-class prob over forgotten proxies
+  retain_proxy_acc: jax.Array    # [max_rounds + 1] accuracy on retained proxies
 
 
 def forget_mask_for(labels: jax.Array, forget: jax.Array) -> jax.Array:
@@ -48,10 +53,9 @@ def forget_mask_for(labels: jax.Array, forget: jax.Array) -> jax.Array:
   return jnp.any(labels[:, None] == forget[None, :], axis=-1)
 
 
-def in_batch_loss(params, graphdef, stats, proxies: jax.Array, labels: jax.Array,
-                  forget_mask: jax.Array, ce_floor: float = CE_FLOOR) -> jax.Array:
-  """Eq. 10: sum_{retained} CE + sum_{forgotten} 1/CE, classifier in eval mode."""
-  logits = F.classifier_logits(graphdef, params, stats, proxies)
+def loss_from_logits(logits: jax.Array, labels: jax.Array, forget_mask: jax.Array,
+                     ce_floor: float = CE_FLOOR) -> jax.Array:
+  """Eq. 10 on given logits: sum_{retained} CE + sum_{forgotten} 1/CE."""
   ce = batch_cross_entropy(logits, labels)
   # 1/(CE + floor), not 1/max(CE, floor): a confidently-kept forgotten proxy
   # (CE below the floor) must still push its logits apart.
@@ -59,8 +63,15 @@ def in_batch_loss(params, graphdef, stats, proxies: jax.Array, labels: jax.Array
   return jnp.sum(jnp.where(forget_mask, inv, ce))
 
 
-def _proxy_checks(params, graphdef, stats, proxies, labels, forget_mask):
+def in_batch_loss(params, graphdef, stats, proxies: jax.Array, labels: jax.Array,
+                  forget_mask: jax.Array, ce_floor: float = CE_FLOOR) -> jax.Array:
+  """Eq. 10: sum_{retained} CE + sum_{forgotten} 1/CE, classifier in eval mode."""
   logits = F.classifier_logits(graphdef, params, stats, proxies)
+  return loss_from_logits(logits, labels, forget_mask, ce_floor)
+
+
+def proxy_checks(logits: jax.Array, labels: jax.Array, forget_mask: jax.Array):
+  """(max forgotten-class probability over forgotten proxies, retained-proxy accuracy)."""
   probs = jax.nn.softmax(logits)
   own = jnp.take_along_axis(probs, labels[:, None], axis=1)[:, 0]
   forget_prob = jnp.max(jnp.where(forget_mask, own, 0.0))
@@ -68,6 +79,11 @@ def _proxy_checks(params, graphdef, stats, proxies, labels, forget_mask):
   hits = (jnp.argmax(logits, -1) == labels) & retained
   retain_acc = hits.sum() / jnp.maximum(retained.sum(), 1)
   return forget_prob, retain_acc
+
+
+def _loss_and_logits(params, graphdef, stats, proxies, labels, forget_mask):
+  logits = F.classifier_logits(graphdef, params, stats, proxies)
+  return loss_from_logits(logits, labels, forget_mask), logits
 
 
 def tuning_step(params, opt_state, graphdef, stats, proxies: jax.Array, labels: jax.Array,
@@ -84,6 +100,12 @@ def in_batch_tuning(params, graphdef, stats, proxies: jax.Array, labels: jax.Arr
                     stop_forget_prob: float | None = None) -> tuple[Any, TuningInfo]:
   """Tunes classifier params on the proxy mini-batch (Eq. 10), jit-friendly.
 
+  Each round is ONE forward and backward: the proxy checks of the parameters
+  after r updates are read off the forward that computes update r + 1, and
+  when the stop rule holds there the update is dropped and the loop ends. So
+  the trace and the stop rule cost no extra forward pass (one more forward
+  after the loop gives the checks of the final parameters).
+
   Args:
     params, graphdef, stats: the original classifier (stats stay frozen).
     proxies: [M, H, W, C] proxies; labels: [M] their classes.
@@ -97,29 +119,39 @@ def in_batch_tuning(params, graphdef, stats, proxies: jax.Array, labels: jax.Arr
   """
   optimizer = optax.adam(lr)
   forget_mask = forget_mask_for(labels, forget)
-  nan = jnp.full((rounds,), jnp.nan, jnp.float32)
-  _, retain_acc0 = _proxy_checks(params, graphdef, stats, proxies, labels, forget_mask)
+  grad_fn = jax.value_and_grad(_loss_and_logits, has_aux=True)
 
   def cond(carry):
-    i, _, _, done, _ = carry
+    i, _, _, done, _, _ = carry
     return (i < rounds) & ~done
 
   def body(carry):
-    i, params, opt_state, _, trace = carry
-    params, opt_state, loss = tuning_step(params, opt_state, graphdef, stats, proxies,
-                                          labels, forget_mask, optimizer)
-    forget_prob, retain_acc = _proxy_checks(params, graphdef, stats, proxies, labels,
-                                            forget_mask)
-    trace = (trace[0].at[i].set(loss), trace[1].at[i].set(forget_prob),
-             trace[2].at[i].set(retain_acc))
+    i, params, opt_state, _, retain_acc0, trace = carry
+    (loss, logits), grads = grad_fn(params, graphdef, stats, proxies, labels, forget_mask)
+    forget_prob, retain_acc = proxy_checks(logits, labels, forget_mask)
+    retain_acc0 = jnp.where(i == 0, retain_acc, retain_acc0)
     done = jnp.array(False)
     if stop_forget_prob is not None:
-      done = (forget_prob <= stop_forget_prob) & (retain_acc >= retain_acc0)
-    return i + 1, params, opt_state, done, trace
+      done = (i > 0) & (forget_prob <= stop_forget_prob) & (retain_acc >= retain_acc0)
+    updates, new_opt_state = optimizer.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    params, opt_state = jax.tree.map(lambda old, new: jnp.where(done, old, new),
+                                     (params, opt_state), (new_params, new_opt_state))
+    losses, probs, accs = trace
+    trace = (jnp.where(done, losses, losses.at[i].set(loss)), probs.at[i].set(forget_prob),
+             accs.at[i].set(retain_acc))
+    return i + (~done).astype(i.dtype), params, opt_state, done, retain_acc0, trace
 
-  init = (jnp.array(0), params, optimizer.init(params), jnp.array(False), (nan, nan, nan))
-  rounds_run, params, _, _, trace = jax.lax.while_loop(cond, body, init)
-  return params, TuningInfo(rounds_run, *trace)
+  nan = jnp.full((rounds,), jnp.nan, jnp.float32)
+  nan1 = jnp.full((rounds + 1,), jnp.nan, jnp.float32)
+  init = (jnp.array(0), params, optimizer.init(params), jnp.array(False), jnp.array(0.0),
+          (nan, nan1, nan1))
+  rounds_run, params, _, _, _, (losses, probs, accs) = jax.lax.while_loop(cond, body, init)
+  final = F.classifier_logits(graphdef, params, stats, proxies)
+  forget_prob, retain_acc = proxy_checks(final, labels, forget_mask)
+  info = TuningInfo(rounds_run, losses, probs.at[rounds_run].set(forget_prob),
+                    accs.at[rounds_run].set(retain_acc))
+  return params, info
 
 
 def unlearn(classifier: F.SplitModel, generator: F.SplitModel, prompts: jax.Array,
