@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--method", default="geniu")
   p.add_argument("--rounds", type=int)
   p.add_argument("--lr", type=float)
+  p.add_argument("--proxies-per-class", type=int, dest="proxies_per_class",
+                 help="tune on the first B' ranks of the checkpoint's B proxies per class "
+                      "(1 = the paper's single proxy)")
   stop = p.add_mutually_exclusive_group()
   stop.add_argument("--stop-forget-prob", type=float, dest="stop_forget_prob",
                     help="data-free stopping threshold (see README)")
@@ -130,10 +133,15 @@ def cmd_unlearn(args) -> int:
   stop = None if args.no_stop else (
       args.stop_forget_prob if args.stop_forget_prob is not None else cfg.stop_forget_prob)
   _log(f"GENIU in-batch tuning: forget {list(forget)}, up to {rounds} rounds, lr {lr}, "
-       f"stop rule {'off' if stop is None else f'forget prob <= {stop}'}")
-  out = runs.geniu_unlearn_timed(ck.classifier, ck.generator, ck.prompts, forget,
+       f"stop rule {'off' if stop is None else f'mean forgotten-proxy prob <= {stop}'}")
+  prompts = ck.prompts
+  if args.proxies_per_class is not None:
+    from geniu_jax.geniu import prompts as prompt_lib
+    prompts = prompt_lib.first_ranks(prompts, meta["num_classes"], args.proxies_per_class)
+  out = runs.geniu_unlearn_timed(ck.classifier, ck.generator, prompts, forget,
                                  rounds=rounds, lr=lr, stop_forget_prob=stop)
   report = {"method": "geniu", "forget": list(forget), "rounds_run": out.rounds_run,
+            "proxies": int(prompts.shape[0]),
             "unlearn_ms": round(out.unlearn_ms, 3), "compile_ms": round(out.compile_ms, 3)}
   new_meta = dict(meta, unlearned=report)
   ckpt_lib.save(args.out, out.classifier, ck.generator, ck.prompts, new_meta)

@@ -30,6 +30,18 @@ def prompt_labels(num_classes: int, per_class: int) -> jax.Array:
   return jnp.tile(jnp.arange(num_classes, dtype=jnp.int32), per_class)
 
 
+def first_ranks(z: jax.Array, num_classes: int, per_class: int) -> jax.Array:
+  """The prompts of the first `per_class` ranks of every class (class-fastest layout).
+
+  Rank b of class k was fitted to the class's b-th most entropic sample, so
+  `first_ranks(z, K, 1)` is the paper's single proxy per class.
+  """
+  have = z.shape[0] // num_classes
+  if not 1 <= per_class <= have:
+    raise ValueError(f"asked for {per_class} proxies per class; the checkpoint has {have}")
+  return z[: num_classes * per_class]
+
+
 def init_prompts(key: jax.Array, num_classes: int, per_class: int,
                  image_shape: tuple[int, int, int], optimizer: optax.GradientTransformation
                  ) -> PromptState:
