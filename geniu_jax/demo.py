@@ -21,10 +21,11 @@ DEMO_CLASS = 9
 # The embedded subset is ~1,000 images once imbalanced, so the `cpu` preset's
 # 12 epochs of batch 256 would be only ~50 steps: smaller batches and more
 # epochs give the classifier a comparable number of updates. The generator
-# (~0.4 GFLOP per prompt and step) would then dominate a 2-core CPU, so the
-# demo trains fewer proxies (B=2) with fewer generator/prompt steps per epoch.
-DEMO_OVERRIDES = {"batch_size": 64, "epochs": 20, "proxies_per_class": 2,
-                  "generator_steps": 25, "prompt_steps": 50}
+# (~0.15 GFLOP per prompt and step, forward and backward) would then dominate
+# a 2-core CPU, so it takes 50 steps per epoch instead of 100. Unlearning is
+# the `cpu` preset's data-free setting (B = 5, <= 60 rounds, stop rule).
+DEMO_OVERRIDES = {"batch_size": 64, "epochs": 20, "proxies_per_class": 5,
+                  "generator_steps": 50, "prompt_steps": 100}
 
 
 def run(log: Callable[[str], None] | None = print, preset: str = "cpu", **overrides) -> dict:
