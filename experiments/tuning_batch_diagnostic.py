@@ -1,0 +1,123 @@
+"""Why in-batch tuning falls short: vary the tuning batch and the retained target (validation only).
+
+A diagnostic, not a method. On a checkpoint trained by
+`experiments.stop_rule_study` (training split minus a balanced validation
+set), tune the classifier with Eq. 10's forgotten term (1/CE) and one of two
+retained terms, on one of several tuning batches, and print validation
+Acc_r / Acc_f every few rounds:
+
+* `--batch proxies`: GENIU's proxies g(z) (the method);
+* `--batch max|spread|min`: REAL training images, B per class, by softmax
+  entropy of the original model: the B most entropic (what the generator is
+  taught to reconstruct, §4.4), B evenly spaced entropy ranks, or the B least
+  entropic. Real images are only possible because this is a diagnostic;
+* `--retain label`: CE to the label (Eq. 10); `--retain teacher`: CE to the
+  original model's own softmax on the same input with the forgotten classes
+  removed and renormalised; `--retain mix`: the mean of the two.
+
+    python -m experiments.tuning_batch_diagnostic --ckpt runs/study/seed0 \\
+        --data idx:/usr/share/datasets/fashion-mnist --batch proxies --retain teacher
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from geniu_jax import checkpoint as ckpt_lib
+from geniu_jax import runs
+from geniu_jax.geniu import unlearn as U
+from geniu_jax.geniu.generator import make_proxies
+from geniu_jax.geniu.losses import batch_cross_entropy, batch_entropy
+from geniu_jax.geniu.prompts import first_ranks, prompt_labels
+from geniu_jax.models import functional as F
+
+
+def real_batch(classifier, x, y, num_classes: int, per_class: int, rule: str):
+  """B real images per class, class-fastest, chosen by the original model's entropy."""
+  logits = jnp.concatenate([
+      F.classifier_logits(classifier.graphdef, classifier.params, classifier.stats,
+                          jnp.asarray(x[i:i + 2000])) for i in range(0, len(y), 2000)])
+  ent = np.asarray(batch_entropy(logits))
+  chosen = []
+  for b in range(per_class):
+    for k in range(num_classes):
+      idx = np.flatnonzero(y == k)
+      order = idx[np.argsort(-ent[idx])]
+      pos = {"max": b, "min": len(order) - 1 - b,
+             "spread": round(b * (len(order) - 1) / max(per_class - 1, 1))}[rule]
+      chosen.append(order[pos])
+  return jnp.asarray(x[chosen]), prompt_labels(num_classes, per_class)
+
+
+def tuning_loss(params, classifier, x, y, forget_mask, teacher, retain: str):
+  logits = F.classifier_logits(classifier.graphdef, params, classifier.stats, x)
+  ce = batch_cross_entropy(logits, y)
+  ce_teacher = -jnp.sum(teacher * jax.nn.log_softmax(logits), -1)
+  kept = {"label": ce, "teacher": ce_teacher, "mix": 0.5 * (ce + ce_teacher)}[retain]
+  return jnp.sum(jnp.where(forget_mask, 1.0 / (ce + U.CE_FLOOR), kept))
+
+
+def run(ck, data, forget, *, batch: str, retain: str, per_class: int, rounds: int,
+        lr: float, every: int) -> list[tuple[int, float, float]]:
+  c, k = ck.classifier, ck.metadata["num_classes"]
+  if batch == "proxies":
+    x = make_proxies(ck.generator.graphdef, ck.generator.params,
+                     first_ranks(ck.prompts, k, per_class))
+    y = prompt_labels(k, per_class)
+  else:
+    x, y = real_batch(c, data.x_train, data.y_train, k, per_class, batch)
+  forget_arr = jnp.asarray(forget, jnp.int32)
+  mask = U.forget_mask_for(y, forget_arr)
+  is_forgotten = jnp.any(jnp.arange(k)[:, None] == forget_arr[None, :], -1)
+  teacher = jax.nn.softmax(jnp.where(
+      is_forgotten, -jnp.inf, F.classifier_logits(c.graphdef, c.params, c.stats, x)))
+  optimizer = optax.adam(lr)
+
+  @jax.jit
+  def step(params, opt_state):
+    grads = jax.grad(tuning_loss)(params, c, x, y, mask, teacher, retain)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  params, opt_state, rows = c.params, optimizer.init(c.params), []
+  for r in range(rounds + 1):
+    if r % every == 0:
+      acc = runs.evaluate(F.SplitModel(c.graphdef, params, c.stats), data.x_test,
+                          data.y_test, k, forget)
+      rows.append((r, acc["acc_r"], acc["acc_f"]))
+    if r < rounds:
+      params, opt_state = step(params, opt_state)
+  return rows
+
+
+def main(argv=None) -> None:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--ckpt", required=True, help="a checkpoint of experiments.stop_rule_study")
+  p.add_argument("--data", required=True)
+  p.add_argument("--forget", type=int, nargs="+", default=[9])
+  p.add_argument("--batch", choices=("proxies", "max", "spread", "min"), default="proxies")
+  p.add_argument("--retain", choices=("label", "teacher", "mix"), default="label")
+  p.add_argument("--per-class", type=int, default=5)
+  p.add_argument("--rounds", type=int, default=60)
+  p.add_argument("--lr", type=float, default=4e-4)
+  p.add_argument("--every", type=int, default=4)
+  p.add_argument("--val-per-class", type=int, default=500)
+  args = p.parse_args(argv)
+  ck = ckpt_lib.restore(args.ckpt)
+  meta = ck.metadata
+  # The same split the checkpoint was trained on: validation in place of test.
+  data = runs.prepare_data(args.data, meta["majority"], meta["imbalance"], meta["seed"],
+                           validation_per_class=args.val_per_class, log=None)
+  rows = run(ck, data, args.forget, batch=args.batch, retain=args.retain,
+             per_class=args.per_class, rounds=args.rounds, lr=args.lr, every=args.every)
+  print(f"{args.ckpt} batch={args.batch} retain={args.retain} B={args.per_class}: " +
+        " ".join(f"{r}:{ar:.3f}/{af:.3f}" for r, ar, af in rows))
+
+
+if __name__ == "__main__":
+  main()
