@@ -4,7 +4,7 @@
 of §5 are applied by `for_image_shape`). `cpu` is the largest setting that
 trains on full Fashion-MNIST in about five minutes on a 2-core CPU and uses
 the best data-free unlearning setting found on a validation split carved from
-the training data (see README, "Choosing the cpu preset"). `smoke` runs in
+the training data (see README, "Choosing the data-free setting"). `smoke` runs in
 seconds and only exists for tests.
 """
 
