@@ -128,16 +128,16 @@ def cmd_unlearn(args) -> int:
     return registry.cli_unlearn(args, ck, forget, cfg, log=_log)
   if ck.generator is None:
     raise UsageError(f"checkpoint {args.ckpt} has no GENIU generator and prompts")
+  prompts = ck.prompts
+  if args.proxies_per_class is not None:
+    from geniu_jax.geniu import prompts as prompt_lib
+    prompts = prompt_lib.first_ranks(prompts, meta["num_classes"], args.proxies_per_class)
   rounds = args.rounds if args.rounds is not None else cfg.unlearn_rounds
   lr = args.lr if args.lr is not None else cfg.unlearn_lr
   stop = None if args.no_stop else (
       args.stop_forget_prob if args.stop_forget_prob is not None else cfg.stop_forget_prob)
   _log(f"GENIU in-batch tuning: forget {list(forget)}, up to {rounds} rounds, lr {lr}, "
        f"stop rule {'off' if stop is None else f'mean forgotten-proxy prob <= {stop}'}")
-  prompts = ck.prompts
-  if args.proxies_per_class is not None:
-    from geniu_jax.geniu import prompts as prompt_lib
-    prompts = prompt_lib.first_ranks(prompts, meta["num_classes"], args.proxies_per_class)
   out = runs.geniu_unlearn_timed(ck.classifier, ck.generator, prompts, forget,
                                  rounds=rounds, lr=lr, stop_forget_prob=stop)
   report = {"method": "geniu", "forget": list(forget), "rounds_run": out.rounds_run,

@@ -274,3 +274,21 @@ def test_unlearn_refuses_an_existing_out_dir(capsys, smoke_run):
   rc, _, err = run_cli(capsys, "unlearn", "--ckpt", a, "--forget", "9", "--out", b)
   assert_usage_error(rc, err, contains="already exists")
   assert sorted(p.name for p in b.rglob("*")) == before
+
+
+def test_unlearn_on_the_first_ranks_only(smoke_run, tmp_path):
+  a = smoke_run[0]
+  out = tmp_path / "one"
+  rc, text = _main_capturing_stdout(["unlearn", "--ckpt", a, "--forget", "9", "--out", out,
+                                     "--proxies-per-class", "1", "--json"])
+  assert rc == 0
+  assert json.loads(text.strip().splitlines()[-1])["proxies"] == 10
+
+
+def test_unlearn_refuses_more_proxies_than_trained(capsys, smoke_run, tmp_path):
+  a = smoke_run[0]
+  per_class = ckpt_lib.read_metadata(a)["config"]["proxies_per_class"]
+  out = tmp_path / "too_many"
+  rc, _, err = run_cli(capsys, "unlearn", "--ckpt", a, "--forget", "9", "--out", out,
+                       "--proxies-per-class", str(per_class + 1))
+  assert_usage_error(rc, err, out, contains=f"the checkpoint has {per_class}")

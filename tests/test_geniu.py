@@ -86,6 +86,16 @@ def test_prompt_loss_is_a_mean_of_independent_per_prompt_losses(tiny_classifier,
   np.testing.assert_allclose(batch, per_prompt.mean(), rtol=1e-5)
 
 
+def test_first_ranks_keeps_whole_ranks_in_class_fastest_order():
+  z = jnp.arange(3 * 4, dtype=jnp.float32).reshape(12, 1, 1, 1)   # K = 4 classes, B = 3
+  first = prompt_lib.first_ranks(z, 4, 2)
+  np.testing.assert_array_equal(np.asarray(first).ravel(), np.arange(8))
+  np.testing.assert_array_equal(prompt_lib.prompt_labels(4, 2), [0, 1, 2, 3, 0, 1, 2, 3])
+  for bad in (0, 4):
+    with pytest.raises(ValueError, match="the checkpoint has 3"):
+      prompt_lib.first_ranks(z, 4, bad)
+
+
 def test_prompts_correct_on_a_hand_made_case():
   """K=2, B=2: pick prompts the classifier surely puts in class 0 or class 1."""
   cls = F.make_classifier(2, TINY_SHAPE, TINY_WIDTH, TINY_LOWERING, jax.random.key(3))
