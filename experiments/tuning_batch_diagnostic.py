@@ -63,7 +63,7 @@ def tuning_loss(params, classifier, x, y, forget_mask, teacher, retain: str):
 
 
 def run(ck, data, forget, *, batch: str, retain: str, per_class: int, rounds: int,
-        lr: float, every: int) -> list[tuple[int, float, float]]:
+        lr: float, every: int, show_classes: bool = False) -> list[tuple[int, float, float]]:
   c, k = ck.classifier, ck.metadata["num_classes"]
   if batch == "proxies":
     x = make_proxies(ck.generator.graphdef, ck.generator.params,
@@ -74,8 +74,12 @@ def run(ck, data, forget, *, batch: str, retain: str, per_class: int, rounds: in
   forget_arr = jnp.asarray(forget, jnp.int32)
   mask = U.forget_mask_for(y, forget_arr)
   is_forgotten = jnp.any(jnp.arange(k)[:, None] == forget_arr[None, :], -1)
-  teacher = jax.nn.softmax(jnp.where(
-      is_forgotten, -jnp.inf, F.classifier_logits(c.graphdef, c.params, c.stats, x)))
+  original_logits = F.classifier_logits(c.graphdef, c.params, c.stats, x)
+  teacher = jax.nn.softmax(jnp.where(is_forgotten, -jnp.inf, original_logits))
+  if show_classes:
+    print("tuning batch labels (rows = ranks):\n", np.asarray(y).reshape(per_class, k))
+    print("original model's predictions:\n",
+          np.asarray(jnp.argmax(original_logits, -1)).reshape(per_class, k))
   optimizer = optax.adam(lr)
 
   @jax.jit
@@ -90,6 +94,9 @@ def run(ck, data, forget, *, batch: str, retain: str, per_class: int, rounds: in
       acc = runs.evaluate(F.SplitModel(c.graphdef, params, c.stats), data.x_test,
                           data.y_test, k, forget)
       rows.append((r, acc["acc_r"], acc["acc_f"]))
+      if show_classes:
+        print(f"round {r} per-class accuracy: " +
+              " ".join(f"{a:.2f}" for a in acc["per_class"]), flush=True)
     if r < rounds:
       params, opt_state = step(params, opt_state)
   return rows
@@ -107,6 +114,8 @@ def main(argv=None) -> None:
   p.add_argument("--lr", type=float, default=4e-4)
   p.add_argument("--every", type=int, default=4)
   p.add_argument("--val-per-class", type=int, default=500)
+  p.add_argument("--show-classes", action="store_true",
+                 help="also print the original's predictions on the batch and per-class accuracy")
   args = p.parse_args(argv)
   ck = ckpt_lib.restore(args.ckpt)
   meta = ck.metadata
@@ -114,7 +123,8 @@ def main(argv=None) -> None:
   data = runs.prepare_data(args.data, meta["majority"], meta["imbalance"], meta["seed"],
                            validation_per_class=args.val_per_class, log=None)
   rows = run(ck, data, args.forget, batch=args.batch, retain=args.retain,
-             per_class=args.per_class, rounds=args.rounds, lr=args.lr, every=args.every)
+             per_class=args.per_class, rounds=args.rounds, lr=args.lr, every=args.every,
+             show_classes=args.show_classes)
   print(f"{args.ckpt} batch={args.batch} retain={args.retain} B={args.per_class}: " +
         " ".join(f"{r}:{ar:.3f}/{af:.3f}" for r, ar, af in rows))
 
