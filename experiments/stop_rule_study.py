@@ -51,19 +51,22 @@ def trained_checkpoint(data_source: str, forget, preset: str, seed: int, val_per
 
 
 def proxy_signals(params, graphdef, stats, proxies, labels, forget_mask) -> dict:
-  """Everything a data-free rule may look at after a round (proxies only)."""
+  """Everything a data-free rule may look at after a round (proxies only).
+
+  `forget_prob_mean` and `retain_acc` come from `unlearn.proxy_checks`, so
+  they are exactly what the in-loop stop rule reads.
+  """
   logits = F.classifier_logits(graphdef, params, stats, proxies)
-  probs = jax.nn.softmax(logits)
-  own = jnp.take_along_axis(probs, labels[:, None], axis=1)[:, 0]
+  forget_prob_mean, retain_acc = U.proxy_checks(logits, labels, forget_mask)
+  own = jnp.take_along_axis(jax.nn.softmax(logits), labels[:, None], axis=1)[:, 0]
   pred = jnp.argmax(logits, -1)
   retained = ~forget_mask
-  n_f, n_r = forget_mask.sum(), jnp.maximum(retained.sum(), 1)
   return {
       "forget_prob_max": jnp.max(jnp.where(forget_mask, own, 0.0)),
-      "forget_prob_mean": jnp.sum(jnp.where(forget_mask, own, 0.0)) / n_f,
-      "forget_kept": jnp.sum((pred == labels) & forget_mask) / n_f,
-      "retain_acc": jnp.sum((pred == labels) & retained) / n_r,
-      "retain_prob_mean": jnp.sum(jnp.where(retained, own, 0.0)) / n_r,
+      "forget_prob_mean": forget_prob_mean,
+      "forget_kept": jnp.sum((pred == labels) & forget_mask) / forget_mask.sum(),
+      "retain_acc": retain_acc,
+      "retain_prob_mean": jnp.sum(jnp.where(retained, own, 0.0)) / jnp.maximum(retained.sum(), 1),
   }
 
 
