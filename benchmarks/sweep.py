@@ -91,7 +91,7 @@ def main(argv=None) -> int:
   p.add_argument("--train-geniu", action="store_true",
                  help="GENIU's training phase (cpu preset) instead of plain training")
   p.add_argument("--skip-train", action="store_true")
-  p.add_argument("--vmap-lowering", choices=("native", "patches"), default=None,
+  p.add_argument("--vmap-lowering", choices=("native", "patches", "winograd"), default=None,
                  help="conv lowering of the vmapped unlearning program only")
   args = p.parse_args(argv)
   C.setup(args)

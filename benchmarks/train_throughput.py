@@ -27,6 +27,7 @@ from benchmarks import _common as C
 from geniu_jax.config import get_config
 from geniu_jax.geniu import train as train_lib
 from geniu_jax.models import functional as F
+from geniu_jax.models.conv import LOWERINGS
 
 IMAGE_SHAPE = (28, 28, 1)
 
@@ -65,7 +66,7 @@ def main(argv=None) -> int:
   p = C.parser(__doc__.splitlines()[0])
   p.add_argument("--width", type=float, default=1.0)
   p.add_argument("--batch", type=int, default=256)
-  p.add_argument("--lowering", default="auto", choices=("auto", "native", "patches"))
+  p.add_argument("--lowering", default="auto", choices=LOWERINGS)
   p.add_argument("--torch-device", default="cpu", help="cpu or cuda (PyTorch reference)")
   args = p.parse_args(argv)
   extra = C.setup(args)

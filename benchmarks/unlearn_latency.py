@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from benchmarks import _common as C
 from geniu_jax.geniu import unlearn as unlearn_lib
 from geniu_jax.models import functional as F
+from geniu_jax.models.conv import LOWERINGS
 
 NUM_CLASSES = 10
 IMAGE_SHAPE = (28, 28, 1)
@@ -69,7 +70,7 @@ def main(argv=None) -> int:
   p.add_argument("--width", type=float, default=1.0)
   p.add_argument("--rounds", type=int, default=100)
   p.add_argument("--per-class", type=int, default=1, help="B, proxies per class")
-  p.add_argument("--lowering", default="auto", choices=("auto", "native", "patches"))
+  p.add_argument("--lowering", default="auto", choices=LOWERINGS)
   p.add_argument("--torch-device", default="cpu", help="cpu or cuda (PyTorch reference)")
   p.add_argument("--torch-bare", action="store_true",
                  help="also time PyTorch without the per-round trace bookkeeping (the paper's bare loop)")

@@ -43,6 +43,7 @@ from geniu_jax import runs
 from geniu_jax.config import PRESETS, get_config as preset_config
 from geniu_jax.geniu import train as train_lib
 from geniu_jax.methods import command, records, registry
+from geniu_jax.models.conv import LOWERINGS
 
 PAPER_RESULTS = Path(__file__).with_name("paper_results.json")
 TABLE1_COLUMNS = (("original", "Original"), ("retrain", "Retrain"), ("gkt", "GKT"),
@@ -236,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument("--forget", type=int, nargs="+", default=list(default.forget))
   p.add_argument("--seeds", type=int, nargs="+", default=list(default.seeds))
   p.add_argument("--methods", nargs="+", default=list(default.methods))
-  p.add_argument("--lowering", choices=("auto", "native", "patches"))
+  p.add_argument("--lowering", choices=LOWERINGS)
   p.add_argument("--out", required=True)
   args = p.parse_args(argv)
   unknown = set(args.methods) - set(registry.METHODS)

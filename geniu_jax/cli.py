@@ -16,6 +16,7 @@ from geniu_jax import checkpoint as ckpt_lib
 from geniu_jax import compile_cache
 from geniu_jax import data as data_lib
 from geniu_jax.config import PRESETS, Config, get_config
+from geniu_jax.models.conv import LOWERINGS
 
 EXIT_USAGE = 2
 
@@ -40,7 +41,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
   p.add_argument("--seed", type=int)
   p.add_argument("--proxies-per-class", type=int, dest="proxies_per_class",
                  help="B, proxies per class (Table 12)")
-  p.add_argument("--lowering", choices=("auto", "native", "patches"))
+  p.add_argument("--lowering", choices=LOWERINGS)
 
 
 def build_parser() -> argparse.ArgumentParser:

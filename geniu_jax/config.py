@@ -23,7 +23,7 @@ class Config:
   Attributes:
     preset: name of the preset this config came from (stored in metadata).
     width: AllCNN channel multiplier.
-    lowering: convolution lowering (`auto` | `native` | `patches`).
+    lowering: convolution lowering (`auto` | `native` | `patches` | `winograd`).
     epochs: classifier epochs (Epoch_f of Alg. 1).
     batch_size: classifier batch size.
     lr: classifier peak learning rate (Adam with a one-cycle schedule).

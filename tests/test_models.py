@@ -11,6 +11,7 @@ import pytest
 
 from geniu_jax.models import conv as conv_lib
 from geniu_jax.models import functional as F
+from geniu_jax.models import winograd
 from geniu_jax.models.allcnn import AllCNN
 from flax import nnx
 
@@ -134,14 +135,45 @@ def test_conv_lowerings_match_values_and_gradients(kernel, stride, size):
   cot = _normal(seed + 2, (2, out_size, out_size, 4))
 
   y_native, (gx_n, gw_n) = _conv_and_grads(conv_lib.conv2d_native, x, w, cot, stride)
-  y_patches, (gx_p, gw_p) = _conv_and_grads(conv_lib.conv2d_patches, x, w, cot, stride)
-  assert y_native.shape == y_patches.shape == (2, out_size, out_size, 4)
-  np.testing.assert_allclose(y_patches, y_native, rtol=1e-5, atol=1e-5)
-  assert gx_p.shape == x.shape and gw_p.shape == w.shape
-  np.testing.assert_allclose(gx_p, gx_n, rtol=1e-4, atol=1e-4)
-  np.testing.assert_allclose(gw_p, gw_n, rtol=1e-4, atol=1e-4)
+  for lowering in ("patches", "winograd"):
+    conv = functools.partial(conv_lib.conv2d, lowering=lowering)
+    y, (gx, gw) = _conv_and_grads(conv, x, w, cot, stride)
+    assert y.shape == y_native.shape == (2, out_size, out_size, 4)
+    np.testing.assert_allclose(y, y_native, rtol=1e-5, atol=1e-5, err_msg=lowering)
+    assert gx.shape == x.shape and gw.shape == w.shape
+    np.testing.assert_allclose(gx, gx_n, rtol=1e-4, atol=1e-4, err_msg=lowering)
+    np.testing.assert_allclose(gw, gw_n, rtol=1e-4, atol=1e-4, err_msg=lowering)
   # Not vacuous: the gradients are far from zero.
   assert float(jnp.abs(gw_n).max()) > 0.1 and float(jnp.abs(gx_n).max()) > 0.1
+
+
+@pytest.mark.parametrize("height,width", [(28, 28), (7, 7), (5, 8), (1, 1), (2, 3)])
+def test_winograd_matches_native_on_any_map_size(height, width):
+  """F(2x2, 3x3) tiles pad odd sizes up and crop; values and both gradients."""
+  seed = height * 10 + width
+  x = _normal(seed, (3, height, width, 16))
+  w = _normal(seed + 1, (3, 3, 16, 8), 0.2)
+  cot = _normal(seed + 2, (3, height, width, 8))
+  y_n, (gx_n, gw_n) = _conv_and_grads(conv_lib.conv2d_native, x, w, cot, 1)
+  y_w, (gx_w, gw_w) = _conv_and_grads(
+      lambda x, w, s: winograd.conv2d_winograd(x, w), x, w, cot, 1)
+  scale = float(jnp.abs(y_n).max())
+  assert scale > 0.5
+  # Relative to the output's scale: float32 rounding of sums of 144 products.
+  np.testing.assert_allclose(y_w / scale, y_n / scale, atol=2e-6)
+  np.testing.assert_allclose(gx_w, gx_n, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(gw_w, gw_n, rtol=1e-4, atol=1e-4)
+
+
+def test_winograd_rejects_other_kernels_and_vmaps():
+  with pytest.raises(ValueError, match="3x3"):
+    winograd.conv2d_winograd(jnp.zeros((1, 4, 4, 2)), jnp.zeros((5, 5, 2, 2)))
+  # Per-run weights under vmap (the sweep's use) give the per-run convolutions.
+  xs, ws = _normal(0, (2, 1, 6, 6, 4)), _normal(1, (2, 3, 3, 4, 5))
+  got = jax.vmap(winograd.conv2d_winograd)(xs, ws)
+  for i in range(2):
+    np.testing.assert_allclose(got[i], conv_lib.conv2d_native(xs[i], ws[i], 1),
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_conv_native_matches_an_explicit_same_convolution():
@@ -157,10 +189,11 @@ def test_conv_native_matches_an_explicit_same_convolution():
   np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
 
 
-def test_models_built_with_either_lowering_share_params():
+@pytest.mark.parametrize("other", ["patches", "winograd"])
+def test_models_built_with_either_lowering_share_params(other):
   shape, key = (28, 28, 1), jax.random.key(7)
   native = F.make_classifier(10, shape, WIDTH, "native", key)
-  patches = F.make_classifier(10, shape, WIDTH, "patches", key)
+  patches = F.make_classifier(10, shape, WIDTH, other, key)
   pn, pp = pure_leaves(native.params), pure_leaves(patches.params)
   assert pn.keys() == pp.keys() and len(pn) == 8 * 3 + 2
   for k in pn:
@@ -177,7 +210,7 @@ def test_models_built_with_either_lowering_share_params():
   np.testing.assert_allclose(cross, ln, rtol=1e-4, atol=1e-4)
 
   gn = F.make_generator(shape, None, "native", key)
-  gp = F.make_generator(shape, None, "patches", key)
+  gp = F.make_generator(shape, None, other, key)
   a, b = pure_leaves(gn.params), pure_leaves(gp.params)
   assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
   z = _normal(4, (2, *shape))
@@ -188,13 +221,13 @@ def test_models_built_with_either_lowering_share_params():
 
 def test_lowering_resolution():
   assert jax.default_backend() == "cpu"
-  assert conv_lib.resolve_lowering("auto") == "patches"
-  assert conv_lib.resolve_lowering("native") == "native"
-  assert conv_lib.resolve_lowering("patches") == "patches"
+  assert conv_lib.resolve_lowering("auto") == "winograd"
+  for name in ("native", "patches", "winograd"):
+    assert conv_lib.resolve_lowering(name) == name
   conv = conv_lib.Conv2d(1, 2, 3, rngs=nnx.Rngs(params=0))
-  assert conv.lowering == "patches"
+  assert conv.lowering == "winograd"
   model = AllCNN(10, 1, WIDTH, lowering="auto", rngs=nnx.Rngs(params=0))
-  assert {b.conv.lowering for b in model.blocks} == {"patches"}
+  assert {b.conv.lowering for b in model.blocks} == {"winograd"}
 
 
 @pytest.mark.parametrize("bad", ["cudnn", "", "Native", None])
