@@ -21,13 +21,16 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-# Filter transform of F(2, 3); B^T and A^T are applied as add/sub chains below.
-_G = np.array([[1.0, 0.0, 0.0],
-               [0.5, 0.5, 0.5],
-               [0.5, -0.5, 0.5],
-               [0.0, 0.0, 1.0]], np.float32)
+# All three transforms are written as add/sub chains, not matmuls: as an einsum
+# the filter transform becomes a (C*O x 3) @ (3 x 4) dot that XLA's CPU backend
+# ran at 2.5 ms per 192x192 layer, more than the layer's own products.
+
+
+def _filter_rows(g0, g1, g2):
+  # Rows of G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]].
+  half_sum = 0.5 * (g0 + g2)
+  return g0, half_sum + 0.5 * g1, half_sum - 0.5 * g1, g2
 
 
 def _input_rows(t0, t1, t2, t3):
@@ -42,9 +45,9 @@ def _output_rows(m0, m1, m2, m3):
 
 def filter_transform(kernel: jax.Array) -> jax.Array:
   """U = G g G^T for every (c_in, c_out): (3, 3, C, O) -> (16, C, O)."""
-  g = jnp.asarray(_G, kernel.dtype)
-  u = jnp.einsum("ai,ijco,bj->abco", g, kernel, g)
-  return u.reshape(16, *kernel.shape[2:])
+  rows = _filter_rows(kernel[0], kernel[1], kernel[2])        # each (3, C, O)
+  u = [col for r in rows for col in _filter_rows(r[0], r[1], r[2])]
+  return jnp.stack(u)
 
 
 def input_transform(x: jax.Array) -> jax.Array:
