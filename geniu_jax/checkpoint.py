@@ -155,9 +155,16 @@ def read_metadata(directory: str | os.PathLike) -> dict:
   return meta
 
 
-def build_models(meta: dict, lowering: str = "auto") -> tuple[F.SplitModel, F.SplitModel | None]:
-  """Freshly initialised models of the checkpoint's architecture."""
+def build_models(meta: dict, lowering: str | None = None
+                 ) -> tuple[F.SplitModel, F.SplitModel | None]:
+  """Freshly initialised models of the checkpoint's architecture.
+
+  `lowering=None` takes the one the checkpoint was trained with (its stored
+  config), so a model trained with an explicit lowering is served with the
+  same arithmetic; lowerings differ only in float32 rounding.
+  """
   cfg = Config.from_dict(meta["config"])
+  lowering = cfg.lowering if lowering is None else lowering
   shape = tuple(meta["image_shape"])
   key = jax.random.key(0)
   classifier = F.make_classifier(meta["num_classes"], shape, cfg.width, lowering, key)
@@ -182,13 +189,14 @@ def _check_shapes(stored: Any, expected: Any, what: str) -> None:
           f"has shape {tuple(leaf.shape)}, expected {tuple(np.shape(e_flat[path]))}")
 
 
-def restore(directory: str | os.PathLike, *, lowering: str = "auto",
+def restore(directory: str | os.PathLike, *, lowering: str | None = None,
             expect_classifier: F.SplitModel | None = None) -> Checkpoint:
   """Restores a checkpoint written by `save`.
 
   Args:
     directory: checkpoint directory.
-    lowering: conv lowering of the rebuilt models (parameters are identical).
+    lowering: conv lowering of the rebuilt models (parameters are identical);
+      None: the stored config's (`auto` unless training chose one).
     expect_classifier: if given, the checkpoint must fit this classifier's
       parameter shapes (e.g. a model built by the caller).
 

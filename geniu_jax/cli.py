@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
 
   p = sub.add_parser("demo", help="original vs retrain vs GENIU on the embedded data")
   p.add_argument("--json", action="store_true")
+  p.add_argument("--lowering", choices=LOWERINGS,
+                 help="convolution lowering (default: the preset's, auto)")
   return parser
 
 
@@ -171,7 +173,8 @@ def cmd_evaluate(args) -> int:
 
 def cmd_demo(args) -> int:
   from geniu_jax import demo
-  report = demo.run(log=_log)
+  overrides = {"lowering": args.lowering} if args.lowering else {}
+  report = demo.run(log=_log, **overrides)
   print(demo.format_table(report))
   _emit(report, args.json)
   return 0

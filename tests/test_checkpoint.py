@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 
@@ -14,6 +15,8 @@ from geniu_jax import checkpoint as ckpt_lib
 from geniu_jax.checkpoint import CheckpointError
 from geniu_jax.config import Config
 from geniu_jax.models import functional as F
+from geniu_jax.models.conv import Conv2d
+from flax import nnx
 
 from conftest import (TINY_K, TINY_LOWERING, TINY_SHAPE, assert_trees_identical,
                       make_tiny_checkpoint)
@@ -70,6 +73,23 @@ def test_restored_models_compute_like_the_saved_ones(tiny_ckpt):
   np.testing.assert_allclose(
       logits(ck.classifier.graphdef, ck.classifier.params, ck.classifier.stats, prompts),
       logits(cls.graphdef, cls.params, cls.stats, prompts), rtol=1e-4, atol=1e-4)
+
+
+def _conv_lowerings(model):
+  module = nnx.merge(model.graphdef, model.params, *([model.stats] if model.stats is not None else []))
+  return {sub.lowering for _, sub in module.iter_modules() if isinstance(sub, Conv2d)}
+
+
+@pytest.mark.parametrize("stored,override,expected", [
+    ("patches", None, "patches"), ("native", None, "native"), ("auto", None, "winograd"),
+    ("patches", "native", "native")])
+def test_models_are_rebuilt_with_the_stored_lowering_unless_told(tiny_ckpt, stored,
+                                                                 override, expected):
+  meta = copy.deepcopy(tiny_ckpt[4])
+  meta["config"]["lowering"] = stored
+  classifier, generator = ckpt_lib.build_models(meta, override)
+  assert _conv_lowerings(classifier) == {expected}
+  assert _conv_lowerings(generator) == {expected}
 
 
 def test_restore_without_generator_and_with_records(tmp_path, tiny_classifier):

@@ -164,13 +164,32 @@ def test_unlearn_needs_a_generator(capsys, tmp_path, tiny_classifier):
     ["unlearn", "--ckpt", "c", "--forget", "9", "--out", "x", "--no-stop",
      "--stop-forget-prob", "0.1"],
     ["evaluate", "--ckpt", "c", "--forget", "9"],                        # no --data
+    ["demo", "--lowering", "cudnn"],
 ], ids=["nothing", "unknown-command", "missing-flag", "not-an-int", "bad-preset",
-        "exclusive-flags", "evaluate-no-data"])
+        "exclusive-flags", "evaluate-no-data", "demo-bad-lowering"])
 def test_argument_errors_are_one_line(capsys, tmp_path, monkeypatch, argv):
   monkeypatch.chdir(tmp_path)
   rc, _, err = run_cli(capsys, *argv)
   assert_usage_error(rc, err)
   assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv,expected", [([], {}), (["--lowering", "patches"],
+                                                      {"lowering": "patches"})])
+def test_demo_passes_its_lowering_on(capsys, monkeypatch, argv, expected):
+  from geniu_jax import demo
+  seen = {}
+
+  def fake_run(log=None, **overrides):
+    seen.update(overrides)
+    return {"original": {"acc_r": 0.5, "acc_f": 0.9}, "retrain": {"acc_r": 0.5, "acc_f": 0.0},
+            "geniu": {"acc_r": 0.4, "acc_f": 0.0}, "unlearn_ms": 1.0, "compile_ms": 1.0,
+            "rounds_run": 1, "preset": "cpu", "total_s": 1.0}
+
+  monkeypatch.setattr(demo, "run", fake_run)
+  monkeypatch.setattr(demo, "format_table", lambda report: "table")
+  rc, out, _ = run_cli(capsys, "demo", *argv)
+  assert rc == 0 and seen == expected and "table" in out
 
 
 def test_real_process_exit_code_is_2(tmp_path):
