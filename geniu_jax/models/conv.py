@@ -1,11 +1,13 @@
 """2-D convolution with a choice of lowering, same parameters either way.
 
-XLA's native convolution on a CPU backend runs single-threaded and its filter
-gradient is an order of magnitude below matmul speed; inside `lax.scan` it is
-slower still. Written as "gather the kh*kw shifted views, then one matmul", the
-same convolution uses the multi-threaded GEMM for the forward pass and for both
-gradients (the gradient of a slice is a pad, of a concat a slice). On GPU/TPU the
-native convolution (cuDNN / the TPU conv unit) is the fast path.
+On a CPU (jaxlib 0.10), XLA's native convolution runs through YNNPACK at top
+level and is fast for the forward pass, but its filter gradient is slow at
+large batch and, inside `lax.while_loop`, keeps a transposed layout that falls
+back to a path ~40x slower (benchmarks/RESULTS.md). Written as "gather the
+kh*kw shifted views, then one matmul" (`patches`), the same convolution uses
+the multi-threaded GEMM for the forward pass and both gradients, in loops too
+(the gradient of a slice is a pad, of a concat a slice). On GPU/TPU the native
+convolution (cuDNN / the TPU conv unit) is the fast path.
 
 `winograd` runs every 3x3 stride-1 convolution as Winograd F(2x2, 3x3)
 (`geniu_jax.models.winograd`: 2.25x fewer multiply-accumulates, a 4x instead
