@@ -36,6 +36,7 @@ from geniu_jax import compile_cache, sweep
 from geniu_jax.config import get_config
 from geniu_jax.geniu import train as train_lib
 from geniu_jax.geniu import unlearn as unlearn_lib
+from geniu_jax.models.conv import LOWERINGS
 
 
 def measure_unlearn(n: int, width: float, rounds: int, reps: int, warmup: int,
@@ -91,7 +92,7 @@ def main(argv=None) -> int:
   p.add_argument("--train-geniu", action="store_true",
                  help="GENIU's training phase (cpu preset) instead of plain training")
   p.add_argument("--skip-train", action="store_true")
-  p.add_argument("--vmap-lowering", choices=("native", "patches", "winograd"), default=None,
+  p.add_argument("--vmap-lowering", choices=LOWERINGS, default=None,
                  help="conv lowering of the vmapped unlearning program only")
   args = p.parse_args(argv)
   C.setup(args)

@@ -19,7 +19,7 @@ rounding.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +28,7 @@ from flax import nnx
 from geniu_jax.models.winograd import conv2d_winograd
 
 Lowering = Literal["auto", "native", "patches", "winograd"]
-LOWERINGS = ("auto", "native", "patches", "winograd")
+LOWERINGS: tuple[str, ...] = get_args(Lowering)
 
 
 def resolve_lowering(lowering: str) -> str:

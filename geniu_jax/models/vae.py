@@ -10,7 +10,7 @@ sigmoid (images live in [0, 1]). Each stage halves the channels as it doubles
 the resolution, so the decoder costs what the encoder costs (about 48 MFLOP
 per image at 28x28, against 140 for a decoder that keeps 256 channels one
 stage longer). Upsample + conv is used instead of a transposed conv so that
-both conv lowerings apply unchanged; the 32x32 map is cropped to 28x28 for
+every conv lowering applies unchanged; the 32x32 map is cropped to 28x28 for
 MNIST-style data.
 
 Normalisation. The reference VAE puts BatchNorm + LeakyReLU after every conv;
