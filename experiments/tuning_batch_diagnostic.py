@@ -22,6 +22,8 @@ Acc_r / Acc_f every few rounds:
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -54,16 +56,38 @@ def real_batch(classifier, x, y, num_classes: int, per_class: int, rule: str):
   return jnp.asarray(x[chosen]), prompt_labels(num_classes, per_class)
 
 
-def tuning_loss(params, classifier, x, y, forget_mask, teacher, retain: str):
+def forgotten_term(logits, y, teacher, is_forgotten, forget: str, margin: float):
+  """Per-example loss on the forgotten proxies.
+
+  `inv_ce`: Eq. 10's 1/CE. `margin`: softplus(margin + l_y - logsumexp of the
+  retained logits), which keeps pushing until the forgotten logit sits `margin`
+  below the retained ones (1/CE's gradient fades as soon as the proxy leaves
+  its class). `teacher`: CE to the original's softmax with the forgotten
+  classes removed, i.e. "answer what the original would if f did not exist".
+  """
+  if forget == "inv_ce":
+    return 1.0 / (batch_cross_entropy(logits, y) + U.CE_FLOOR)
+  if forget == "margin":
+    own = jnp.take_along_axis(logits, y[:, None], axis=1)[:, 0]
+    others = jax.nn.logsumexp(jnp.where(is_forgotten, -jnp.inf, logits), axis=-1)
+    return jax.nn.softplus(margin + own - others)
+  return -jnp.sum(teacher * jax.nn.log_softmax(logits), -1)
+
+
+def tuning_loss(params, classifier, x, y, forget_mask, teacher, retain: str,
+                forget: str = "inv_ce", margin: float = 0.0, is_forgotten=None):
   logits = F.classifier_logits(classifier.graphdef, params, classifier.stats, x)
   ce = batch_cross_entropy(logits, y)
   ce_teacher = -jnp.sum(teacher * jax.nn.log_softmax(logits), -1)
   kept = {"label": ce, "teacher": ce_teacher, "mix": 0.5 * (ce + ce_teacher)}[retain]
-  return jnp.sum(jnp.where(forget_mask, 1.0 / (ce + U.CE_FLOOR), kept))
+  gone = forgotten_term(logits, y, teacher, is_forgotten, forget, margin)
+  return jnp.sum(jnp.where(forget_mask, gone, kept))
 
 
 def run(ck, data, forget, *, batch: str, retain: str, per_class: int, rounds: int,
-        lr: float, every: int, show_classes: bool = False) -> list[tuple[int, float, float]]:
+        lr: float, every: int, show_classes: bool = False, forget_loss: str = "inv_ce",
+        margin: float = 0.0, stop_prob: float | None = None
+        ) -> list[tuple[int, float, float, float]]:
   c, k = ck.classifier, ck.metadata["num_classes"]
   if batch == "proxies":
     x = make_proxies(ck.generator.graphdef, ck.generator.params,
@@ -84,16 +108,24 @@ def run(ck, data, forget, *, batch: str, retain: str, per_class: int, rounds: in
 
   @jax.jit
   def step(params, opt_state):
-    grads = jax.grad(tuning_loss)(params, c, x, y, mask, teacher, retain)
+    grads = jax.grad(tuning_loss)(params, c, x, y, mask, teacher, retain, forget_loss,
+                                  margin, is_forgotten)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state
 
-  params, opt_state, rows = c.params, optimizer.init(c.params), []
+  params, opt_state, rows, stop_seen = c.params, optimizer.init(c.params), [], False
   for r in range(rounds + 1):
-    if r % every == 0:
+    logits = F.classifier_logits(c.graphdef, params, c.stats, x)
+    forget_prob_mean = float(U.proxy_checks(logits, y, mask)[0])
+    # Also evaluate where the data-free stop rule (mean forgotten-proxy
+    # probability <= stop_prob) would first fire, so its outcome is on record.
+    at_stop = (stop_prob is not None and not stop_seen and r > 0
+               and forget_prob_mean <= stop_prob)
+    stop_seen = stop_seen or at_stop
+    if r % every == 0 or at_stop:
       acc = runs.evaluate(F.SplitModel(c.graphdef, params, c.stats), data.x_test,
                           data.y_test, k, forget)
-      rows.append((r, acc["acc_r"], acc["acc_f"]))
+      rows.append((r, acc["acc_r"], acc["acc_f"], forget_prob_mean))
       if show_classes:
         print(f"round {r} per-class accuracy: " +
               " ".join(f"{a:.2f}" for a in acc["per_class"]), flush=True)
@@ -109,6 +141,12 @@ def main(argv=None) -> None:
   p.add_argument("--forget", type=int, nargs="+", default=[9])
   p.add_argument("--batch", choices=("proxies", "max", "spread", "min"), default="proxies")
   p.add_argument("--retain", choices=("label", "teacher", "mix"), default="label")
+  p.add_argument("--forget-loss", choices=("inv_ce", "margin", "teacher"), default="inv_ce")
+  p.add_argument("--margin", type=float, default=0.0, help="for --forget-loss margin")
+  p.add_argument("--stop-prob", type=float, default=None,
+                 help="also evaluate at the first round the cpu stop rule would fire")
+  p.add_argument("--json", action="store_true", help="also print the rows as one JSON line")
+  p.add_argument("--json-out", type=Path, help="also append that JSON line to this file")
   p.add_argument("--per-class", type=int, default=5)
   p.add_argument("--rounds", type=int, default=60)
   p.add_argument("--lr", type=float, default=4e-4)
@@ -124,9 +162,21 @@ def main(argv=None) -> None:
                            validation_per_class=args.val_per_class, log=None)
   rows = run(ck, data, args.forget, batch=args.batch, retain=args.retain,
              per_class=args.per_class, rounds=args.rounds, lr=args.lr, every=args.every,
-             show_classes=args.show_classes)
-  print(f"{args.ckpt} batch={args.batch} retain={args.retain} B={args.per_class}: " +
-        " ".join(f"{r}:{ar:.3f}/{af:.3f}" for r, ar, af in rows))
+             show_classes=args.show_classes, forget_loss=args.forget_loss, margin=args.margin,
+             stop_prob=args.stop_prob)
+  forget_desc = args.forget_loss + (f"({args.margin:g})" if args.forget_loss == "margin" else "")
+  print(f"{args.ckpt} batch={args.batch} retain={args.retain} forget={forget_desc} "
+        f"B={args.per_class}: " + " ".join(f"{r}:{ar:.3f}/{af:.3f}" for r, ar, af, _ in rows))
+  if args.json or args.json_out:
+    line = json.dumps({"ckpt": args.ckpt, "batch": args.batch, "retain": args.retain,
+                      "forget_loss": forget_desc, "per_class": args.per_class, "rows": [
+                          {"round": r, "val_acc_r": ar, "val_acc_f": af, "forget_prob_mean": pf}
+                          for r, ar, af, pf in rows]})
+    if args.json:
+      print(line)
+    if args.json_out:
+      with args.json_out.open("a") as f:
+        f.write(line + "\n")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from typing import Sequence
 from geniu_jax import checkpoint as ckpt_lib
 from geniu_jax import compile_cache
 from geniu_jax import data as data_lib
-from geniu_jax.config import PRESETS, Config, get_config
+from geniu_jax.config import FORGET_LOSSES, PRESETS, RETAIN_TARGETS, Config, get_config
 from geniu_jax.models.conv import LOWERINGS
 
 EXIT_USAGE = 2
@@ -71,6 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
   stop.add_argument("--stop-forget-prob", type=float, dest="stop_forget_prob",
                     help="data-free stopping threshold (see README)")
   stop.add_argument("--no-stop", action="store_true", help="run every round (the paper)")
+  p.add_argument("--retain-target", choices=RETAIN_TARGETS, dest="retain_target",
+                 help="target on retained proxies: label (Eq. 10) or teacher "
+                      "(default: the checkpoint's config)")
+  p.add_argument("--forget-loss", choices=FORGET_LOSSES, dest="forget_loss",
+                 help="loss on forgotten proxies: inv_ce (Eq. 10) or margin "
+                      "(default: the checkpoint's config)")
+  p.add_argument("--forget-margin", type=float, dest="forget_margin",
+                 help="logit margin of --forget-loss margin")
   p.add_argument("--out", required=True)
   p.add_argument("--json", action="store_true")
 
@@ -139,11 +147,18 @@ def cmd_unlearn(args) -> int:
   lr = args.lr if args.lr is not None else cfg.unlearn_lr
   stop = None if args.no_stop else (
       args.stop_forget_prob if args.stop_forget_prob is not None else cfg.stop_forget_prob)
+  from geniu_jax.geniu import unlearn as unlearn_lib
+  objective = unlearn_lib.objective_from_config(cfg.replace(
+      retain_target=args.retain_target, forget_loss=args.forget_loss,
+      forget_margin=args.forget_margin))
   _log(f"GENIU in-batch tuning: forget {list(forget)}, up to {rounds} rounds, lr {lr}, "
-       f"stop rule {'off' if stop is None else f'mean forgotten-proxy prob <= {stop}'}")
+       f"stop rule {'off' if stop is None else f'mean forgotten-proxy prob <= {stop}'}, "
+       f"objective {objective.describe()}")
   out = runs.geniu_unlearn_timed(ck.classifier, ck.generator, prompts, forget,
-                                 rounds=rounds, lr=lr, stop_forget_prob=stop)
+                                 rounds=rounds, lr=lr, stop_forget_prob=stop,
+                                 objective=objective)
   report = {"method": "geniu", "forget": list(forget), "rounds_run": out.rounds_run,
+            "objective": objective._asdict(),
             "proxies": int(prompts.shape[0]),
             "unlearn_ms": round(out.unlearn_ms, 3), "compile_ms": round(out.compile_ms, 3)}
   new_meta = dict(meta, unlearned=report)

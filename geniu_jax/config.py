@@ -14,6 +14,9 @@ import dataclasses
 from typing import Any
 
 PRESETS = ("smoke", "cpu", "paper")
+# In-batch tuning objectives (geniu.unlearn.Objective); the first of each is Eq. 10.
+RETAIN_TARGETS = ("label", "teacher")
+FORGET_LOSSES = ("inv_ce", "margin")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +49,11 @@ class Config:
       paper). Otherwise stop after the first round at which the forgotten
       proxies give their class a mean probability <= this value and the
       retained proxies are classified at least as well as before tuning.
+    retain_target: in-batch tuning's target on retained proxies: `label`
+      (Eq. 10) or `teacher` (the original model's softmax with the forgotten
+      classes removed); see `geniu.unlearn.Objective`.
+    forget_loss: its loss on forgotten proxies: `inv_ce` (Eq. 10) or `margin`.
+    forget_margin: the logit margin of `forget_loss="margin"`.
     imbalance: minority keep-rate r, or one rate per class.
     seed: seed of data subsampling and of all parameter initialisation.
   """
@@ -69,6 +77,9 @@ class Config:
   unlearn_lr: float = 4e-4
   unlearn_rounds: int = 100
   stop_forget_prob: float | None = None
+  retain_target: str = "label"
+  forget_loss: str = "inv_ce"
+  forget_margin: float = 2.0
   imbalance: float | tuple[float, ...] = 0.1
   seed: int = 0
 

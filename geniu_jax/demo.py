@@ -15,6 +15,7 @@ import numpy as np
 
 from geniu_jax import runs
 from geniu_jax.config import get_config
+from geniu_jax.geniu import unlearn as unlearn_lib
 
 DEMO_SOURCE = "embedded"
 DEMO_CLASS = 9
@@ -49,7 +50,8 @@ def run(log: Callable[[str], None] | None = print, preset: str = "cpu", **overri
     log("[3/3] GENIU unlearning (proxies only, no training data)")
   outcome = runs.geniu_unlearn_timed(
       original.classifier, original.generator, original.prompts, forget,
-      rounds=cfg.unlearn_rounds, lr=cfg.unlearn_lr, stop_forget_prob=cfg.stop_forget_prob)
+      rounds=cfg.unlearn_rounds, lr=cfg.unlearn_lr, stop_forget_prob=cfg.stop_forget_prob,
+      objective=unlearn_lib.objective_from_config(cfg))
 
   def score(classifier):
     r = runs.evaluate(classifier, data.x_test, data.y_test, data.num_classes, forget)

@@ -111,10 +111,12 @@ class UnlearnOutcome(NamedTuple):
 
 def geniu_unlearn_timed(classifier: F.SplitModel, generator: F.SplitModel, prompts,
                         forget: Sequence[int], *, rounds: int, lr: float,
-                        stop_forget_prob: float | None) -> UnlearnOutcome:
+                        stop_forget_prob: float | None,
+                        objective: unlearn_lib.Objective = unlearn_lib.EQ10) -> UnlearnOutcome:
   """Alg. 2 with compilation (AOT) and execution timed separately."""
   fn = unlearn_lib.make_unlearn_fn(classifier.graphdef, generator.graphdef, rounds=rounds,
-                                   lr=lr, stop_forget_prob=stop_forget_prob)
+                                   lr=lr, stop_forget_prob=stop_forget_prob,
+                                   objective=objective)
   args = (classifier.params, classifier.stats, generator.params, prompts,
           jnp.asarray(forget, jnp.int32))
   t0 = time.perf_counter()

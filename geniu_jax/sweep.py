@@ -73,7 +73,8 @@ def with_lowering(model: F.SplitModel, lowering: str) -> F.SplitModel:
 
 
 def make_unlearn_many_fn(classifier_graphdef, generator_graphdef, *, rounds: int, lr: float,
-                         stop_forget_prob: float | None = None, over: str = "forget"):
+                         stop_forget_prob: float | None = None, over: str = "forget",
+                         objective: unlearn_lib.Objective = unlearn_lib.EQ10):
   """`make_unlearn_fn`'s program vmapped over forget sets or over models.
 
   Args:
@@ -86,7 +87,8 @@ def make_unlearn_many_fn(classifier_graphdef, generator_graphdef, *, rounds: int
     (params, TuningInfo).
   """
   one = unlearn_lib.make_unlearn_fn(classifier_graphdef, generator_graphdef, rounds=rounds,
-                                    lr=lr, stop_forget_prob=stop_forget_prob)
+                                    lr=lr, stop_forget_prob=stop_forget_prob,
+                                    objective=objective)
   in_axes = {"forget": (None, None, None, None, 0), "models": (0, 0, 0, 0, None)}[over]
   return jax.jit(jax.vmap(one, in_axes=in_axes))
 
@@ -94,14 +96,15 @@ def make_unlearn_many_fn(classifier_graphdef, generator_graphdef, *, rounds: int
 def unlearn_many(classifier: F.SplitModel, generator: F.SplitModel, prompts: jax.Array,
                  forget_sets, *, rounds: int, lr: float,
                  stop_forget_prob: float | None = None, chunk: int | None = None,
-                 lowering: str | None = None):
+                 lowering: str | None = None,
+                 objective: unlearn_lib.Objective = unlearn_lib.EQ10):
   """Alg. 2 for N forget sets of one trained model, vmapped.
 
   Args:
     classifier, generator, prompts: the training phase's outputs.
     forget_sets: int array [N, F] (N forget sets of F classes each), or a
       list of N class ids (one class each).
-    rounds, lr, stop_forget_prob: as `unlearn.unlearn`.
+    rounds, lr, stop_forget_prob, objective: as `unlearn.unlearn`.
     chunk: at most this many sets per compiled call (memory); default all.
     lowering: convolution lowering of the vmapped program (see
       `with_lowering`); default: the models' own.
@@ -116,7 +119,8 @@ def unlearn_many(classifier: F.SplitModel, generator: F.SplitModel, prompts: jax
     classifier = with_lowering(classifier, lowering)
     generator = with_lowering(generator._replace(stats=None), lowering)
   fn = make_unlearn_many_fn(classifier.graphdef, generator.graphdef, rounds=rounds, lr=lr,
-                            stop_forget_prob=stop_forget_prob, over="forget")
+                            stop_forget_prob=stop_forget_prob, over="forget",
+                            objective=objective)
   outs = [fn(classifier.params, classifier.stats, generator.params, prompts, part)
           for part in _chunks(forget, chunk)]
   params, info = jax.tree.map(lambda *xs: jnp.concatenate(xs), *outs)
@@ -126,11 +130,13 @@ def unlearn_many(classifier: F.SplitModel, generator: F.SplitModel, prompts: jax
 
 def unlearn_seeds(classifiers: Sequence[F.SplitModel], generators: Sequence[F.SplitModel],
                   prompts: Sequence[jax.Array], forget, *, rounds: int, lr: float,
-                  stop_forget_prob: float | None = None):
+                  stop_forget_prob: float | None = None,
+                  objective: unlearn_lib.Objective = unlearn_lib.EQ10):
   """Alg. 2 for N independently trained models (e.g. seeds), one forget set, vmapped."""
   n = len(classifiers)
   fn = make_unlearn_many_fn(classifiers[0].graphdef, generators[0].graphdef, rounds=rounds,
-                            lr=lr, stop_forget_prob=stop_forget_prob, over="models")
+                            lr=lr, stop_forget_prob=stop_forget_prob, over="models",
+                            objective=objective)
   params, info = fn(stack([c.params for c in classifiers]),
                     stack([c.stats for c in classifiers]),
                     stack([g.params for g in generators]), stack(list(prompts)),

@@ -13,6 +13,15 @@ measured:
   so the first rounds, where the forgotten proxy is confidently its class,
   give a large but finite gradient that Adam normalises.
 
+Optional objective other than Eq. 10 (`Objective`; the `cpu` preset uses
+one, the `paper` preset keeps Eq. 10): the retained proxies can be held to
+the ORIGINAL model's answer with the forgotten classes removed instead of to
+their label (the proxies are ambiguous by design, so label CE reshuffles the
+retained classes), and the forgotten proxies can be pushed by a margin loss
+that keeps working after they leave their class (1/CE's gradient fades as CE
+grows). Both read only the proxies and the original model. Chosen on
+validation splits of several training runs (`experiments.objective_study`).
+
 Optional data-free stopping rule (`stop_forget_prob`): stop after the first
 round where the forgotten proxies give their class a MEAN probability <= the
 threshold and the retained proxies are classified at least as well as before
@@ -30,12 +39,56 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from geniu_jax.config import FORGET_LOSSES, RETAIN_TARGETS
 from geniu_jax.geniu.generator import make_proxies
 from geniu_jax.geniu.losses import batch_cross_entropy
 from geniu_jax.geniu.prompts import prompt_labels
 from geniu_jax.models import functional as F
 
 CE_FLOOR = 1e-6
+
+
+class Objective(NamedTuple):
+  """What in-batch tuning minimises; the defaults are Eq. 10.
+
+  Attributes:
+    retain: `label`: CE to the proxy's class (Eq. 10). `teacher`: CE to the
+      original classifier's softmax on that proxy with the forgotten classes
+      removed and renormalised.
+    forget: `inv_ce`: 1/CE (Eq. 10). `margin`: softplus(margin + l_f -
+      logsumexp of the retained classes' logits), zero once the forgotten
+      logit sits `margin` below the retained ones.
+    margin: the margin of `forget="margin"` (in logits).
+  """
+  retain: str = "label"
+  forget: str = "inv_ce"
+  margin: float = 0.0
+
+  def check(self) -> "Objective":
+    if self.retain not in RETAIN_TARGETS:
+      raise ValueError(f"unknown retained target {self.retain!r}; expected one of {RETAIN_TARGETS}")
+    if self.forget not in FORGET_LOSSES:
+      raise ValueError(f"unknown forget loss {self.forget!r}; expected one of {FORGET_LOSSES}")
+    return self
+
+  def describe(self) -> str:
+    if self == EQ10:
+      return "Eq. 10 (label CE + 1/CE)"
+    forget = f"margin {self.margin:g}" if self.forget == "margin" else "1/CE"
+    return f"retained: {self.retain} CE, forgotten: {forget}"
+
+
+EQ10 = Objective()
+
+
+def objective_from_config(cfg) -> Objective:
+  """The `Objective` a `Config` (or a checkpoint's stored config) asks for.
+
+  Checkpoints written before these fields existed restore with the dataclass
+  defaults, i.e. Eq. 10, which is what they were tuned with.
+  """
+  margin = cfg.forget_margin if cfg.forget_loss == "margin" else 0.0
+  return Objective(cfg.retain_target, cfg.forget_loss, float(margin)).check()
 
 
 class TuningInfo(NamedTuple):
@@ -56,14 +109,39 @@ def forget_mask_for(labels: jax.Array, forget: jax.Array) -> jax.Array:
   return jnp.any(labels[:, None] == forget[None, :], axis=-1)
 
 
+def forgotten_classes(forget: jax.Array, num_classes: int) -> jax.Array:
+  """[K] bool, True for the forgotten classes."""
+  return jnp.any(jnp.arange(num_classes)[:, None] == forget[None, :], axis=-1)
+
+
+def teacher_targets(original_logits: jax.Array, forgotten: jax.Array) -> jax.Array:
+  """The original's softmax with the forgotten classes removed and renormalised."""
+  return jax.nn.softmax(jnp.where(forgotten, -jnp.inf, original_logits))
+
+
 def loss_from_logits(logits: jax.Array, labels: jax.Array, forget_mask: jax.Array,
-                     ce_floor: float = CE_FLOOR) -> jax.Array:
-  """Eq. 10 on given logits: sum_{retained} CE + sum_{forgotten} 1/CE."""
+                     ce_floor: float = CE_FLOOR, *, objective: Objective = EQ10,
+                     teacher: jax.Array | None = None,
+                     forgotten: jax.Array | None = None) -> jax.Array:
+  """Eq. 10 on given logits: sum_{retained} CE + sum_{forgotten} 1/CE.
+
+  With another `objective`, `teacher` ([M, K] targets, for `retain="teacher"`)
+  and `forgotten` ([K] mask, for `forget="margin"`) must be given.
+  """
   ce = batch_cross_entropy(logits, labels)
-  # 1/(CE + floor), not 1/max(CE, floor): a confidently-kept forgotten proxy
-  # (CE below the floor) must still push its logits apart.
-  inv = 1.0 / (ce + ce_floor)
-  return jnp.sum(jnp.where(forget_mask, inv, ce))
+  if objective.retain == "teacher":
+    kept = -jnp.sum(teacher * jax.nn.log_softmax(logits), axis=-1)
+  else:
+    kept = ce
+  if objective.forget == "margin":
+    own = jnp.take_along_axis(logits, labels[:, None], axis=1)[:, 0]
+    others = jax.nn.logsumexp(jnp.where(forgotten, -jnp.inf, logits), axis=-1)
+    gone = jax.nn.softplus(objective.margin + own - others)
+  else:
+    # 1/(CE + floor), not 1/max(CE, floor): a confidently-kept forgotten proxy
+    # (CE below the floor) must still push its logits apart.
+    gone = 1.0 / (ce + ce_floor)
+  return jnp.sum(jnp.where(forget_mask, gone, kept))
 
 
 def in_batch_loss(params, graphdef, stats, proxies: jax.Array, labels: jax.Array,
@@ -84,9 +162,12 @@ def proxy_checks(logits: jax.Array, labels: jax.Array, forget_mask: jax.Array):
   return forget_prob, retain_acc
 
 
-def _loss_and_logits(params, graphdef, stats, proxies, labels, forget_mask):
+def _loss_and_logits(params, graphdef, stats, proxies, labels, forget_mask, objective,
+                     teacher, forgotten):
   logits = F.classifier_logits(graphdef, params, stats, proxies)
-  return loss_from_logits(logits, labels, forget_mask), logits
+  loss = loss_from_logits(logits, labels, forget_mask, objective=objective, teacher=teacher,
+                          forgotten=forgotten)
+  return loss, logits
 
 
 def tuning_step(params, opt_state, graphdef, stats, proxies: jax.Array, labels: jax.Array,
@@ -100,7 +181,8 @@ def tuning_step(params, opt_state, graphdef, stats, proxies: jax.Array, labels: 
 
 def in_batch_tuning(params, graphdef, stats, proxies: jax.Array, labels: jax.Array,
                     forget: jax.Array, *, rounds: int, lr: float,
-                    stop_forget_prob: float | None = None) -> tuple[Any, TuningInfo]:
+                    stop_forget_prob: float | None = None,
+                    objective: Objective = EQ10) -> tuple[Any, TuningInfo]:
   """Tunes classifier params on the proxy mini-batch (Eq. 10), jit-friendly.
 
   Each round is ONE forward and backward: the proxy checks of the parameters
@@ -116,12 +198,19 @@ def in_batch_tuning(params, graphdef, stats, proxies: jax.Array, labels: jax.Arr
     rounds: maximum number of tuning rounds (static).
     lr: Adam learning rate.
     stop_forget_prob: data-free stopping threshold, or None for all rounds.
+    objective: what to minimise (static); the default is Eq. 10.
 
   Returns:
     (tuned params, TuningInfo).
   """
+  objective = objective.check()
   optimizer = optax.adam(lr)
   forget_mask = forget_mask_for(labels, forget)
+  forgotten = forgotten_classes(forget, params["head"]["kernel"].shape[-1])
+  teacher = None
+  if objective.retain == "teacher":
+    # The teacher is the model before tuning: fixed targets, one forward.
+    teacher = teacher_targets(F.classifier_logits(graphdef, params, stats, proxies), forgotten)
   grad_fn = jax.value_and_grad(_loss_and_logits, has_aux=True)
 
   def cond(carry):
@@ -130,7 +219,8 @@ def in_batch_tuning(params, graphdef, stats, proxies: jax.Array, labels: jax.Arr
 
   def body(carry):
     i, params, opt_state, _, retain_acc0, trace = carry
-    (loss, logits), grads = grad_fn(params, graphdef, stats, proxies, labels, forget_mask)
+    (loss, logits), grads = grad_fn(params, graphdef, stats, proxies, labels, forget_mask,
+                                    objective, teacher, forgotten)
     forget_prob, retain_acc = proxy_checks(logits, labels, forget_mask)
     retain_acc0 = jnp.where(i == 0, retain_acc, retain_acc0)
     done = jnp.array(False)
@@ -159,7 +249,8 @@ def in_batch_tuning(params, graphdef, stats, proxies: jax.Array, labels: jax.Arr
 
 def unlearn(classifier: F.SplitModel, generator: F.SplitModel, prompts: jax.Array,
             forget: jax.Array, *, rounds: int, lr: float,
-            stop_forget_prob: float | None = None) -> tuple[F.SplitModel, TuningInfo]:
+            stop_forget_prob: float | None = None,
+            objective: Objective = EQ10) -> tuple[F.SplitModel, TuningInfo]:
   """Alg. 2 end to end: x' = g(z), then in-batch tuning. Uses no training data."""
   num_classes = classifier.params["head"]["kernel"].shape[-1]
   labels = prompt_labels(num_classes, prompts.shape[0] // num_classes)
@@ -167,12 +258,12 @@ def unlearn(classifier: F.SplitModel, generator: F.SplitModel, prompts: jax.Arra
   params, info = in_batch_tuning(
       classifier.params, classifier.graphdef, classifier.stats, proxies, labels,
       jnp.asarray(forget, jnp.int32), rounds=rounds, lr=lr,
-      stop_forget_prob=stop_forget_prob)
+      stop_forget_prob=stop_forget_prob, objective=objective)
   return F.SplitModel(classifier.graphdef, params, classifier.stats), info
 
 
 def make_unlearn_fn(classifier_graphdef, generator_graphdef, *, rounds: int, lr: float,
-                    stop_forget_prob: float | None = None):
+                    stop_forget_prob: float | None = None, objective: Objective = EQ10):
   """A jitted `(cls_params, cls_stats, gen_params, prompts, forget) -> (params, info)`.
 
   Graphdefs and hyperparameters are closed over (static), so repeated calls
@@ -183,7 +274,7 @@ def make_unlearn_fn(classifier_graphdef, generator_graphdef, *, rounds: int, lr:
     classifier = F.SplitModel(classifier_graphdef, cls_params, cls_stats)
     generator = F.SplitModel(generator_graphdef, gen_params, None)
     tuned, info = unlearn(classifier, generator, prompts, forget, rounds=rounds, lr=lr,
-                          stop_forget_prob=stop_forget_prob)
+                          stop_forget_prob=stop_forget_prob, objective=objective)
     return tuned.params, info
 
   return jax.jit(fn)

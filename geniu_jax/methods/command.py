@@ -51,9 +51,12 @@ def jsonable(value: Any) -> Any:
 
 
 def config_with_overrides(cfg: Config, args) -> Config:
-  """--rounds / --lr / --stop-forget-prob / --no-stop (they steer the GENIU variants)."""
+  """--rounds / --lr / --stop-forget-prob / --no-stop / the objective flags (GENIU variants)."""
   cfg = cfg.replace(unlearn_rounds=getattr(args, "rounds", None),
-                    unlearn_lr=getattr(args, "lr", None))
+                    unlearn_lr=getattr(args, "lr", None),
+                    retain_target=getattr(args, "retain_target", None),
+                    forget_loss=getattr(args, "forget_loss", None),
+                    forget_margin=getattr(args, "forget_margin", None))
   if getattr(args, "no_stop", False):
     cfg = dataclasses.replace(cfg, stop_forget_prob=None)
   elif getattr(args, "stop_forget_prob", None) is not None:

@@ -87,7 +87,7 @@ def impair_repair(params, graphdef, stats, proxies: jax.Array, labels: jax.Array
 @functools.lru_cache(maxsize=None)
 def _program(cls_graphdef, gen_graphdef, proxy: str, tuning: str, num_classes: int,
              per_class: int, image_shape: tuple, prompt_lr: float, prompt_steps: int,
-             rounds: int, lr: float, stop: float | None):
+             rounds: int, lr: float, stop: float | None, objective: unlearn_lib.Objective):
   """A jitted `(cls_params, cls_stats, source, forget) -> (params, info)`.
 
   `source` is (gen_params, prompts) for GENIU proxies, raw key data for post ones.
@@ -109,7 +109,7 @@ def _program(cls_graphdef, gen_graphdef, proxy: str, tuning: str, num_classes: i
     if tuning == "in_batch":
       params, trace = unlearn_lib.in_batch_tuning(
           cls_params, cls_graphdef, cls_stats, proxies, labels, forget,
-          rounds=rounds, lr=lr, stop_forget_prob=stop)
+          rounds=rounds, lr=lr, stop_forget_prob=stop, objective=objective)
       return params, {"rounds_run": trace.rounds_run}
     params, _ = impair_repair(cls_params, cls_graphdef, cls_stats, proxies, labels, forget,
                               rounds=rounds, lr=lr)
@@ -132,7 +132,8 @@ def unlearn_with_proxies(grant: Grant, cfg: Config, key: jax.Array, *, proxy: st
     gen_graphdef, source = None, jax.random.key_data(key)
   fn = _program(classifier.graphdef, gen_graphdef, proxy, tuning, grant.num_classes,
                 cfg.proxies_per_class, tuple(grant.image_shape), cfg.prompt_lr,
-                cfg.prompt_steps * cfg.epochs, cfg.unlearn_rounds, cfg.unlearn_lr, stop)
+                cfg.prompt_steps * cfg.epochs, cfg.unlearn_rounds, cfg.unlearn_lr, stop,
+                unlearn_lib.objective_from_config(cfg))
   params, info = jax.block_until_ready(
       watch.run(fn, classifier.params, classifier.stats, source, forget))
   report = {"proxy": proxy, "tuning": tuning, "rounds_run": int(info["rounds_run"]),
