@@ -165,8 +165,9 @@ def test_unlearn_needs_a_generator(capsys, tmp_path, tiny_classifier):
      "--stop-forget-prob", "0.1"],
     ["evaluate", "--ckpt", "c", "--forget", "9"],                        # no --data
     ["demo", "--lowering", "cudnn"],
+    ["unlearn", "--ckpt", "c", "--forget", "9", "--out", "x", "--forget-loss", "hinge"],
 ], ids=["nothing", "unknown-command", "missing-flag", "not-an-int", "bad-preset",
-        "exclusive-flags", "evaluate-no-data", "demo-bad-lowering"])
+        "exclusive-flags", "evaluate-no-data", "demo-bad-lowering", "bad-forget-loss"])
 def test_argument_errors_are_one_line(capsys, tmp_path, monkeypatch, argv):
   monkeypatch.chdir(tmp_path)
   rc, _, err = run_cli(capsys, *argv)
@@ -311,3 +312,21 @@ def test_unlearn_refuses_more_proxies_than_trained(capsys, smoke_run, tmp_path):
   rc, _, err = run_cli(capsys, "unlearn", "--ckpt", a, "--forget", "9", "--out", out,
                        "--proxies-per-class", str(per_class + 1))
   assert_usage_error(rc, err, out, contains=f"the checkpoint has {per_class}")
+
+
+def test_unlearn_objective_flags_override_the_checkpoint_and_are_reported(smoke_run,
+                                                                          tmp_path):
+  a, _, default_out = smoke_run
+  cfg = ckpt_lib.read_metadata(a)["config"]
+  stored = json.loads(default_out.strip().splitlines()[-1])["objective"]
+  assert stored == {"retain": cfg["retain_target"], "forget": cfg["forget_loss"],
+                    "margin": cfg["forget_margin"] if cfg["forget_loss"] == "margin" else 0.0}
+  out = tmp_path / "teacher_margin"
+  rc, text = _main_capturing_stdout(["unlearn", "--ckpt", a, "--forget", "9", "--out", out,
+                                     "--retain-target", "teacher", "--forget-loss", "margin",
+                                     "--forget-margin", "3", "--json"])
+  assert rc == 0
+  report = json.loads(text.strip().splitlines()[-1])
+  assert report["objective"] == {"retain": "teacher", "forget": "margin", "margin": 3.0}
+  assert ckpt_lib.read_metadata(out)["unlearned"] == report
+
