@@ -27,8 +27,13 @@ The criterion, fixed before any curve was read (the same as the stop-rule
 study's): the worst case over training runs of Acc_r/Acc_r(original) - Acc_f
 on the validation split.
 
-    bash runs/s4/curves.sh 0 1 2 3        # or: python -m experiments.objective_study --run ...
-    python -m experiments.objective_study --curves runs/s4/curves.jsonl
+    python -m experiments.stop_rule_study --data idx:/usr/share/datasets/fashion-mnist \
+        --forget 9 --seeds 0 1 2 3 --train-only --out runs/s4/study
+    python -m experiments.objective_study --curves runs/s4/curves.jsonl \
+        --run runs/s4/study/seed0 runs/s4/study/seed1 runs/s4/study/seed2 runs/s4/study/seed3
+
+(`--run` appends the curves, ~2 min each on 2 cores; without it the file is
+only analysed.) Results of the fourth session: `experiments/results/objective_study/`.
 """
 
 from __future__ import annotations
