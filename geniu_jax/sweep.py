@@ -65,7 +65,7 @@ def with_lowering(model: F.SplitModel, lowering: str) -> F.SplitModel:
   """
   states = (model.params,) if model.stats is None else (model.params, model.stats)
   module = nnx.merge(model.graphdef, *states)
-  for _, sub in module.iter_modules():
+  for _, sub in nnx.iter_modules(module):
     if isinstance(sub, Conv2d):
       sub.lowering = resolve_lowering(lowering)
   graphdef, params, stats = F.split(module)

@@ -77,7 +77,7 @@ def test_restored_models_compute_like_the_saved_ones(tiny_ckpt):
 
 def _conv_lowerings(model):
   module = nnx.merge(model.graphdef, model.params, *([model.stats] if model.stats is not None else []))
-  return {sub.lowering for _, sub in module.iter_modules() if isinstance(sub, Conv2d)}
+  return {sub.lowering for _, sub in nnx.iter_modules(module) if isinstance(sub, Conv2d)}
 
 
 @pytest.mark.parametrize("stored,override,expected", [
