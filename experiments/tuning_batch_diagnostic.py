@@ -68,9 +68,7 @@ def forgotten_term(logits, y, teacher, is_forgotten, forget: str, margin: float)
   if forget == "inv_ce":
     return 1.0 / (batch_cross_entropy(logits, y) + U.CE_FLOOR)
   if forget == "margin":
-    own = jnp.take_along_axis(logits, y[:, None], axis=1)[:, 0]
-    others = jax.nn.logsumexp(jnp.where(is_forgotten, -jnp.inf, logits), axis=-1)
-    return jax.nn.softplus(margin + own - others)
+    return U.margin_loss(logits, y, is_forgotten, margin)
   return -jnp.sum(teacher * jax.nn.log_softmax(logits), -1)
 
 
@@ -97,9 +95,9 @@ def run(ck, data, forget, *, batch: str, retain: str, per_class: int, rounds: in
     x, y = real_batch(c, data.x_train, data.y_train, k, per_class, batch)
   forget_arr = jnp.asarray(forget, jnp.int32)
   mask = U.forget_mask_for(y, forget_arr)
-  is_forgotten = jnp.any(jnp.arange(k)[:, None] == forget_arr[None, :], -1)
+  is_forgotten = U.forgotten_classes(forget_arr, k)
   original_logits = F.classifier_logits(c.graphdef, c.params, c.stats, x)
-  teacher = jax.nn.softmax(jnp.where(is_forgotten, -jnp.inf, original_logits))
+  teacher = U.teacher_targets(original_logits, is_forgotten)
   if show_classes:
     print("tuning batch labels (rows = ranks):\n", np.asarray(y).reshape(per_class, k))
     print("original model's predictions:\n",

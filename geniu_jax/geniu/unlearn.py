@@ -119,6 +119,14 @@ def teacher_targets(original_logits: jax.Array, forgotten: jax.Array) -> jax.Arr
   return jax.nn.softmax(jnp.where(forgotten, -jnp.inf, original_logits))
 
 
+def margin_loss(logits: jax.Array, labels: jax.Array, forgotten: jax.Array,
+                margin: float) -> jax.Array:
+  """Per proxy: softplus(margin + l_label - logsumexp of the retained classes' logits)."""
+  own = jnp.take_along_axis(logits, labels[:, None], axis=1)[:, 0]
+  others = jax.nn.logsumexp(jnp.where(forgotten, -jnp.inf, logits), axis=-1)
+  return jax.nn.softplus(margin + own - others)
+
+
 def loss_from_logits(logits: jax.Array, labels: jax.Array, forget_mask: jax.Array,
                      ce_floor: float = CE_FLOOR, *, objective: Objective = EQ10,
                      teacher: jax.Array | None = None,
@@ -134,9 +142,7 @@ def loss_from_logits(logits: jax.Array, labels: jax.Array, forget_mask: jax.Arra
   else:
     kept = ce
   if objective.forget == "margin":
-    own = jnp.take_along_axis(logits, labels[:, None], axis=1)[:, 0]
-    others = jax.nn.logsumexp(jnp.where(forgotten, -jnp.inf, logits), axis=-1)
-    gone = jax.nn.softplus(objective.margin + own - others)
+    gone = margin_loss(logits, labels, forgotten, objective.margin)
   else:
     # 1/(CE + floor), not 1/max(CE, floor): a confidently-kept forgotten proxy
     # (CE below the floor) must still push its logits apart.
