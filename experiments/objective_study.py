@@ -90,14 +90,21 @@ def analyse(curves: list[dict]) -> list[dict]:
   return sorted(out, key=lambda s: -s["min_score"])
 
 
-def run_all(ckpts: list[str], data: str, out: Path, rounds: int = 60, every: int = 4) -> None:
-  """Appends one JSON line per (checkpoint, objective) to `out`, as curves.sh does."""
+def run_all(ckpts: list[str], data: str, out: Path, forget=(9,), rounds: int = 60,
+            every: int = 4, per_class: int = 5, val_per_class: int = 500) -> None:
+  """Appends one JSON line per (checkpoint, objective) to `out` (each checkpoint
+  and its data are loaded once for all objectives)."""
   from experiments import tuning_batch_diagnostic as diag
   for ckpt in ckpts:
+    ck, split = diag.load(ckpt, data, val_per_class)
     for retain, forget_loss, margin in OBJECTIVES:
-      diag.main(["--ckpt", ckpt, "--data", data, "--retain", retain, "--forget-loss", forget_loss,
-                 "--margin", str(margin), "--rounds", str(rounds), "--every", str(every),
-                 "--stop-prob", str(STOP_PROB), "--json", "--json-out", str(out)])
+      rows = diag.run(ck, split, list(forget), batch="proxies", retain=retain, per_class=per_class,
+                      rounds=rounds, lr=4e-4, every=every, forget_loss=forget_loss,
+                      margin=margin, stop_prob=STOP_PROB)
+      rec = diag.record(ckpt, "proxies", retain, forget_loss, margin, per_class, rows)
+      with out.open("a") as f:
+        f.write(json.dumps(rec) + "\n")
+      print(f"{ckpt} {objective_name(rec)}: done", flush=True)
 
 
 def main(argv=None) -> int:
@@ -105,10 +112,11 @@ def main(argv=None) -> int:
   p.add_argument("--curves", type=Path, required=True, help="JSON lines of the diagnostic")
   p.add_argument("--run", nargs="*", metavar="CKPT", help="first run these checkpoints")
   p.add_argument("--data", default="idx:/usr/share/datasets/fashion-mnist")
+  p.add_argument("--forget", type=int, nargs="+", default=[9])
   p.add_argument("--top", type=int, default=20)
   args = p.parse_args(argv)
   if args.run:
-    run_all(args.run, args.data, args.curves)
+    run_all(args.run, args.data, args.curves, args.forget)
   curves = [json.loads(line) for line in args.curves.read_text().splitlines() if line.strip()]
   table = analyse(curves)
   print(f"{len(curves)} curves; criterion: worst case over runs of Acc_r/orig - Acc_f "

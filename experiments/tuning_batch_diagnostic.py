@@ -56,29 +56,18 @@ def real_batch(classifier, x, y, num_classes: int, per_class: int, rule: str):
   return jnp.asarray(x[chosen]), prompt_labels(num_classes, per_class)
 
 
-def forgotten_term(logits, y, teacher, is_forgotten, forget: str, margin: float):
-  """Per-example loss on the forgotten proxies.
-
-  `inv_ce`: Eq. 10's 1/CE. `margin`: softplus(margin + l_y - logsumexp of the
-  retained logits), which keeps pushing until the forgotten logit sits `margin`
-  below the retained ones (1/CE's gradient fades as soon as the proxy leaves
-  its class). `teacher`: CE to the original's softmax with the forgotten
-  classes removed, i.e. "answer what the original would if f did not exist".
-  """
-  if forget == "inv_ce":
-    return 1.0 / (batch_cross_entropy(logits, y) + U.CE_FLOOR)
-  if forget == "margin":
-    return U.margin_loss(logits, y, is_forgotten, margin)
-  return -jnp.sum(teacher * jax.nn.log_softmax(logits), -1)
-
-
 def tuning_loss(params, classifier, x, y, forget_mask, teacher, retain: str,
                 forget: str = "inv_ce", margin: float = 0.0, is_forgotten=None):
+  """Retained term by `retain`; forgotten term by `forget`: `inv_ce` (Eq. 10),
+  `margin` (`unlearn.margin_loss`) or `teacher` (CE to the original's softmax
+  without the forgotten classes: "answer as the original would if f did not
+  exist"). Unused terms are dropped by XLA."""
   logits = F.classifier_logits(classifier.graphdef, params, classifier.stats, x)
   ce = batch_cross_entropy(logits, y)
   ce_teacher = -jnp.sum(teacher * jax.nn.log_softmax(logits), -1)
   kept = {"label": ce, "teacher": ce_teacher, "mix": 0.5 * (ce + ce_teacher)}[retain]
-  gone = forgotten_term(logits, y, teacher, is_forgotten, forget, margin)
+  gone = {"inv_ce": lambda: 1.0 / (ce + U.CE_FLOOR), "teacher": lambda: ce_teacher,
+          "margin": lambda: U.margin_loss(logits, y, is_forgotten, margin)}[forget]()
   return jnp.sum(jnp.where(forget_mask, gone, kept))
 
 
@@ -111,10 +100,12 @@ def run(ck, data, forget, *, batch: str, retain: str, per_class: int, rounds: in
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state
 
+  signal = jax.jit(lambda p: U.proxy_checks(
+      F.classifier_logits(c.graphdef, p, c.stats, x), y, mask)[0])
+
   params, opt_state, rows, stop_seen = c.params, optimizer.init(c.params), [], False
   for r in range(rounds + 1):
-    logits = F.classifier_logits(c.graphdef, params, c.stats, x)
-    forget_prob_mean = float(U.proxy_checks(logits, y, mask)[0])
+    forget_prob_mean = float(signal(params))
     # Also evaluate where the data-free stop rule (mean forgotten-proxy
     # probability <= stop_prob) would first fire, so its outcome is on record.
     at_stop = (stop_prob is not None and not stop_seen and r > 0
@@ -130,6 +121,26 @@ def run(ck, data, forget, *, batch: str, retain: str, per_class: int, rounds: in
     if r < rounds:
       params, opt_state = step(params, opt_state)
   return rows
+
+
+def load(ckpt: str, data_source: str, val_per_class: int):
+  """(checkpoint, data) with the split the checkpoint was trained on: its
+  validation set stands in for the test split."""
+  ck = ckpt_lib.restore(ckpt)
+  meta = ck.metadata
+  data = runs.prepare_data(data_source, meta["majority"], meta["imbalance"], meta["seed"],
+                           validation_per_class=val_per_class, log=None)
+  return ck, data
+
+
+def record(ckpt: str, batch: str, retain: str, forget_loss: str, margin: float,
+           per_class: int, rows) -> dict:
+  """One curve as the JSON record `experiments.objective_study` reads."""
+  desc = forget_loss + (f"({margin:g})" if forget_loss == "margin" else "")
+  return {"ckpt": ckpt, "batch": batch, "retain": retain, "forget_loss": desc,
+          "per_class": per_class, "rows": [
+              {"round": r, "val_acc_r": ar, "val_acc_f": af, "forget_prob_mean": pf}
+              for r, ar, af, pf in rows]}
 
 
 def main(argv=None) -> None:
@@ -153,23 +164,17 @@ def main(argv=None) -> None:
   p.add_argument("--show-classes", action="store_true",
                  help="also print the original's predictions on the batch and per-class accuracy")
   args = p.parse_args(argv)
-  ck = ckpt_lib.restore(args.ckpt)
-  meta = ck.metadata
-  # The same split the checkpoint was trained on: validation in place of test.
-  data = runs.prepare_data(args.data, meta["majority"], meta["imbalance"], meta["seed"],
-                           validation_per_class=args.val_per_class, log=None)
+  ck, data = load(args.ckpt, args.data, args.val_per_class)
   rows = run(ck, data, args.forget, batch=args.batch, retain=args.retain,
              per_class=args.per_class, rounds=args.rounds, lr=args.lr, every=args.every,
              show_classes=args.show_classes, forget_loss=args.forget_loss, margin=args.margin,
              stop_prob=args.stop_prob)
-  forget_desc = args.forget_loss + (f"({args.margin:g})" if args.forget_loss == "margin" else "")
-  print(f"{args.ckpt} batch={args.batch} retain={args.retain} forget={forget_desc} "
+  rec = record(args.ckpt, args.batch, args.retain, args.forget_loss, args.margin,
+               args.per_class, rows)
+  print(f"{args.ckpt} batch={args.batch} retain={args.retain} forget={rec['forget_loss']} "
         f"B={args.per_class}: " + " ".join(f"{r}:{ar:.3f}/{af:.3f}" for r, ar, af, _ in rows))
   if args.json or args.json_out:
-    line = json.dumps({"ckpt": args.ckpt, "batch": args.batch, "retain": args.retain,
-                      "forget_loss": forget_desc, "per_class": args.per_class, "rows": [
-                          {"round": r, "val_acc_r": ar, "val_acc_f": af, "forget_prob_mean": pf}
-                          for r, ar, af, pf in rows]})
+    line = json.dumps(rec)
     if args.json:
       print(line)
     if args.json_out:

@@ -143,14 +143,11 @@ def cmd_unlearn(args) -> int:
   if args.proxies_per_class is not None:
     from geniu_jax.geniu import prompts as prompt_lib
     prompts = prompt_lib.first_ranks(prompts, meta["num_classes"], args.proxies_per_class)
-  rounds = args.rounds if args.rounds is not None else cfg.unlearn_rounds
-  lr = args.lr if args.lr is not None else cfg.unlearn_lr
-  stop = None if args.no_stop else (
-      args.stop_forget_prob if args.stop_forget_prob is not None else cfg.stop_forget_prob)
   from geniu_jax.geniu import unlearn as unlearn_lib
-  objective = unlearn_lib.objective_from_config(cfg.replace(
-      retain_target=args.retain_target, forget_loss=args.forget_loss,
-      forget_margin=args.forget_margin))
+  from geniu_jax.methods.command import config_with_overrides
+  cfg = config_with_overrides(cfg, args)
+  rounds, lr, stop = cfg.unlearn_rounds, cfg.unlearn_lr, cfg.stop_forget_prob
+  objective = unlearn_lib.objective_from_config(cfg)
   _log(f"GENIU in-batch tuning: forget {list(forget)}, up to {rounds} rounds, lr {lr}, "
        f"stop rule {'off' if stop is None else f'mean forgotten-proxy prob <= {stop}'}, "
        f"objective {objective.describe()}")
