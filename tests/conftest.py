@@ -14,8 +14,17 @@ import pytest
 from flax import nnx
 
 from geniu_jax import checkpoint as ckpt_lib
+from geniu_jax import compile_cache
 from geniu_jax.config import get_config
 from geniu_jax.models import functional as F
+
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(tmp_path_factory):
+  """One persistent compilation cache for the session: many tests train
+  models of the same shapes, and every `train` call builds fresh jitted
+  closures, so without it each one compiles the same programs again."""
+  compile_cache.enable(tmp_path_factory.mktemp("jax_cache"))
+
 
 TINY_SHAPE = (8, 8, 1)
 TINY_K = 4

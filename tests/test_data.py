@@ -13,6 +13,10 @@ from geniu_jax.data import DataError, Dataset, class_counts, format_counts, from
 from geniu_jax.data import make_imbalanced, parse_imbalance
 
 FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
+# scripts/get_mnist.sh (run by .ci/run) puts real MNIST here.
+MNIST_DIR = os.path.join(os.path.dirname(__file__), os.pardir, "data_cache", "mnist")
+MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 EMBEDDED = os.path.join(os.path.dirname(sources.__file__), "embedded_fmnist.npz")
 
 
@@ -30,7 +34,8 @@ def _check(ds: Dataset, shape, num_classes):
 # --- tfds -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name,shape", [("mnist", (28, 28, 1)), ("cifar10", (32, 32, 3))])
+@pytest.mark.parametrize("name,shape", [("mnist", (28, 28, 1)), ("fashion_mnist", (28, 28, 1)),
+                                        ("kmnist", (28, 28, 1)), ("cifar10", (32, 32, 3))])
 def test_tfds_mock(name, shape):
     tfds = pytest.importorskip("tensorflow_datasets")
     with tfds.testing.mock_data(num_examples=12):
@@ -296,3 +301,13 @@ def test_counts_and_format():
     counts = class_counts(np.array([0, 2, 2, 2]), 4)
     np.testing.assert_array_equal(counts, [1, 0, 3, 0])
     assert format_counts(counts) == "class counts: 0:1 1:0 2:3 3:0"
+
+
+def test_real_mnist_from_npm():
+    """The npm package's IDX files are the canonical MNIST (sizes and label counts)."""
+    if not os.path.isfile(os.path.join(MNIST_DIR, "train-labels-idx1-ubyte")):
+        pytest.skip(f"{MNIST_DIR} not available (scripts/get_mnist.sh fetches it)")
+    ds = load(f"idx:{MNIST_DIR}")
+    _check(ds, (28, 28, 1), 10)
+    assert np.bincount(ds.y_train).tolist() == MNIST_TRAIN_COUNTS
+    assert np.bincount(ds.y_test).tolist() == MNIST_TEST_COUNTS

@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from experiments import table1
 from geniu_jax import checkpoint as ckpt_lib
 from geniu_jax import cli, runs
 from geniu_jax.config import get_config
@@ -38,6 +37,7 @@ EXPECTED_ACCESS = {
     "geniu_post_impair_repair": {"model"},
     "retrain": {"model", "retained_data"},
     "gkt": {"model"},
+    "gkt_vae": {"model", "artifacts"},
     "unsir": {"model", "retained_data"},
     "ir": {"model", "records", "retained_data"},
     "ir_relabel": {"model", "all_data"},
@@ -249,27 +249,3 @@ def test_cli_unlearn(smoke, tmp_path, capsys):
   assert "--record-baselines" in capsys.readouterr().err
   assert cli.main(["unlearn", "--ckpt", str(tmp_path / "ck"), "--forget", "9",
                    "--method", "nope", "--out", str(tmp_path / "out3")]) == 2
-
-
-# --- experiments.table1 (formatting only; the run itself is the smoke command) --------
-
-
-def test_table1_dataset_key_and_markdown():
-  assert table1.dataset_key("embedded") == "fashion_mnist"
-  assert table1.dataset_key("idx:/usr/share/datasets/fashion-mnist") == "fashion_mnist"
-  assert table1.dataset_key("tfds:mnist") == "mnist"
-  assert table1.dataset_key("tfds:kmnist") == "kmnist"
-  assert table1.dataset_key("tfds:cifar10") == "cifar10"
-  assert table1.dataset_key("npz:/tmp/x.npz") is None
-  seed = {n: {"acc_r": 0.5, "acc_f": 0.25, "unlearn_ms": 10.0, "compile_ms": 1.0}
-          for n in ("original", "retrain", "geniu", "ir", "ir_relabel")}
-  names = list(seed)
-  result = {"config": {"data": "embedded", "preset": "smoke", "forget": [9], "seeds": [0],
-                       "methods": ["geniu", "ir", "ir_relabel"]},
-            "dataset": "fashion_mnist", "record_bytes": 1_000_000,
-            "aggregate": table1.aggregate([seed], names),
-            "paper": table1._paper_numbers("fashion_mnist")}
-  md = table1.format_markdown(result)
-  assert "| D_r ↑ ours | 0.5000 | 0.5000 | - | - | 0.5000 | 0.5000 | - |" in md
-  assert "| D_f ↓ paper | 0.9681 | 0.0000 | 0.0000 | 0.0016 | 0.0002 | 0.0000 | 0.4015 |" in md
-  assert "| ir_relabel | 0.5000 | 0.2500 |" in md and "| geniu | 10.0 | 1.0 | 327 |" in md

@@ -127,7 +127,13 @@ def unlearn_with_proxies(grant: Grant, cfg: Config, key: jax.Array, *, proxy: st
   stop = cfg.stop_forget_prob if tuning == "in_batch" else None
   if proxy == "geniu":
     generator, prompts = grant.artifacts
-    gen_graphdef, source = generator.graphdef, (generator.params, jnp.asarray(prompts))
+    # A config asking for fewer proxies per class than were trained uses the
+    # first ranks (B' = 1: the paper's single proxy), as `geniu unlearn
+    # --proxies-per-class` does; one trained original serves every B' <= B.
+    stored = prompts.shape[0] // grant.num_classes
+    prompts = prompt_lib.first_ranks(jnp.asarray(prompts), grant.num_classes,
+                                     min(cfg.proxies_per_class, stored))
+    gen_graphdef, source = generator.graphdef, (generator.params, prompts)
   else:
     gen_graphdef, source = None, jax.random.key_data(key)
   fn = _program(classifier.graphdef, gen_graphdef, proxy, tuning, grant.num_classes,

@@ -38,12 +38,19 @@ and the batch is filled by cycling through them, so BatchNorm statistics and
 losses see only kept samples. The student trains with BatchNorm in train
 mode (ZSKT); the teacher runs in eval mode. Everything is one jitted
 `lax.scan`, compiled ahead of time.
+
+`train_gkt` runs that loop and returns the trained generator with the
+student, so that the paper's analyses of GKT's noise (§5.1, Table 2: the
+original's perception of it; Table 3: `gkt_vae`, the noise reconstructed by
+GENIU's VAE) read the same generator the `gkt` method trains; `sample` draws
+pseudo samples from it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -79,6 +86,12 @@ PRESETS = {
     "cpu": GKTSettings(pseudo_batches=100, batch_size=128, generator_width=0.25),
     "smoke": GKTSettings(pseudo_batches=6, batch_size=32, generator_width=0.125),
 }
+
+# Pseudo batches drawn from a trained generator by the noise analyses (Tables
+# 2 and 3): more than one, so that classes the generator rarely produces still
+# get candidates, yet a small fraction of what the training loop generates
+# (pseudo_batches x (generator_steps + 1) batches).
+SAMPLE_BATCHES = {"paper": 10, "cpu": 4, "smoke": 2}
 
 
 class _BatchStatNorm(nnx.Module):
@@ -234,12 +247,78 @@ def _program(teacher_graphdef, student_graphdef, gen_graphdef, s: GKTSettings):
       return (gp, g_os, sp, ss, s_os), (g_losses.mean(), s_losses.mean(), n_kept)
 
     carry = (g_params, g_opt.init(g_params), s_params, s_stats, s_opt.init(s_params))
-    (_, _, sp, ss, _), (g_loss, s_loss, kept) = jax.lax.scan(pseudo_batch, carry, keys)
-    return sp, ss, {"generator_loss": g_loss[-1], "student_loss": s_loss[-1],
-                    "kept_fraction": jnp.mean(kept) / s.batch_size,
-                    "skipped_batches": jnp.sum(kept == 0)}
+    (gp, _, sp, ss, _), (g_loss, s_loss, kept) = jax.lax.scan(pseudo_batch, carry, keys)
+    return gp, sp, ss, {"generator_loss": g_loss[-1], "student_loss": s_loss[-1],
+                        "kept_fraction": jnp.mean(kept) / s.batch_size,
+                        "skipped_batches": jnp.sum(kept == 0)}
 
   return jax.jit(fn)
+
+
+class GKTRun(NamedTuple):
+  """What one GKT training loop leaves: the student (GKT's unlearned model), the
+  adversarially trained generator, and the loop's scalars (host floats)."""
+  student: F.SplitModel
+  generator: F.SplitModel
+  info: dict
+
+
+def train_gkt(classifier: F.SplitModel, forget, num_classes: int, image_shape, cfg: Config,
+              *, key: jax.Array, settings: GKTSettings | None = None,
+              watch: common.Stopwatch | None = None) -> GKTRun:
+  """Runs GKT's loop (module docstring) from the original model alone.
+
+  Args:
+    classifier: the original model, the teacher (eval mode).
+    forget: the forgotten classes (the gate's classes).
+    num_classes, image_shape: of the classifier's task.
+    cfg: gives the student's width and the conv lowering.
+    key: initialises student and generator and draws the pseudo batches.
+    settings: defaults to the preset's `PRESETS` entry.
+    watch: the caller's stopwatch (so the loop counts as its unlearning time).
+  """
+  s = settings or common.by_preset(cfg, PRESETS)
+  watch = watch or common.Stopwatch()
+  k_student, k_gen, k_loop = jax.random.split(key, 3)
+  student = common.init_split(watch, AllCNN, num_classes, image_shape[-1], cfg.width,
+                              lowering=cfg.lowering, key=k_student)
+  if (jax.tree.map(jnp.shape, nnx.to_pure_dict(student.params))
+      != jax.tree.map(jnp.shape, nnx.to_pure_dict(classifier.params))):
+    raise ValueError("GKT student does not match the teacher's architecture (width?)")
+  generator = common.init_split(watch, Generator, tuple(image_shape), s.z_dim,
+                                s.generator_width, lowering=cfg.lowering, key=k_gen)
+  fn = _program(classifier.graphdef, student.graphdef, generator.graphdef,
+                dataclasses.replace(s, threshold=0.0))
+  gp, sp, ss, info = jax.block_until_ready(watch.run(
+      fn, classifier.params, classifier.stats, generator.params, student.params, student.stats,
+      jax.random.key_data(k_loop), jnp.asarray(tuple(forget), jnp.int32),
+      jnp.float32(s.threshold)))
+  return GKTRun(F.SplitModel(student.graphdef, sp, ss),
+                F.SplitModel(generator.graphdef, gp, generator.stats),
+                {k: float(v) for k, v in info.items()})
+
+
+def generate(generator: F.SplitModel, z: jax.Array) -> jax.Array:
+  """G(z) for one batch of latents [B, z_dim] -> images [B, H, W, C] in [0, 1].
+
+  The generator normalises with the statistics of the batch it is given, as
+  in training, so a sample depends on its batch: draw batches of the training
+  batch size (`sample`) to see what GKT trained on.
+  """
+  return nnx.merge(generator.graphdef, generator.params)(z)
+
+
+def sample(generator: F.SplitModel, *, key: jax.Array, batches: int,
+           batch_size: int) -> jax.Array:
+  """`batches` pseudo batches of GKT's generator, z ~ N(0, I): [batches * batch_size, H, W, C].
+
+  Jittable (`batches`, `batch_size` static); each batch is generated on its own
+  so the batch statistics are those of a training-size batch.
+  """
+  z_dim = generator.params["fc"]["kernel"].shape[0]
+  z = jax.random.normal(key, (batches, batch_size, z_dim))
+  x = jax.lax.map(lambda zb: generate(generator, zb), z)
+  return x.reshape(batches * batch_size, *x.shape[2:])
 
 
 @register("gkt", set(), "GKT (Chundawat et al. 2023): gated zero-shot distillation to a new student")
@@ -252,21 +331,8 @@ def gkt(grant: Grant, cfg: Config, key: jax.Array,
   """
   s = settings or common.by_preset(cfg, PRESETS)
   watch = common.Stopwatch()
-  teacher = grant.classifier
-  k_student, k_gen, k_loop = jax.random.split(key, 3)
-  student = common.init_split(watch, AllCNN, grant.num_classes, grant.image_shape[-1],
-                              cfg.width, lowering=cfg.lowering, key=k_student)
-  if (jax.tree.map(jnp.shape, nnx.to_pure_dict(student.params))
-      != jax.tree.map(jnp.shape, nnx.to_pure_dict(teacher.params))):
-    raise ValueError("GKT student does not match the teacher's architecture (width?)")
-  generator = common.init_split(watch, Generator, tuple(grant.image_shape), s.z_dim,
-                                s.generator_width, lowering=cfg.lowering, key=k_gen)
-  fn = _program(teacher.graphdef, student.graphdef, generator.graphdef,
-                dataclasses.replace(s, threshold=0.0))
-  sp, ss, info = jax.block_until_ready(watch.run(
-      fn, teacher.params, teacher.stats, generator.params, student.params, student.stats,
-      jax.random.key_data(k_loop), jnp.asarray(grant.forget, jnp.int32),
-      jnp.float32(s.threshold)))
-  report = {k: float(v) for k, v in info.items()}
+  run = train_gkt(grant.classifier, grant.forget, grant.num_classes, grant.image_shape, cfg,
+                  key=key, settings=s, watch=watch)
+  report = dict(run.info)
   report.update(pseudo_batches=s.pseudo_batches, batch_size=s.batch_size, **watch.report())
-  return F.SplitModel(student.graphdef, sp, ss), report
+  return run.student, report

@@ -89,6 +89,32 @@ def _noise_program(graphdef, batch: int, image_shape: tuple, lr: float, steps: i
   return jax.jit(fn)
 
 
+def error_maximising_noise(classifier: F.SplitModel, forget, image_shape,
+                           settings: UNSIRSettings, *, key: jax.Array,
+                           watch: common.Stopwatch | None = None
+                           ) -> tuple[list[tuple[np.ndarray, int]], dict[str, float]]:
+  """Stage 1 (module docstring): one noise batch per forgotten class.
+
+  UNSIR makes noise only for the forgotten classes, so this is all the noise
+  it has for the noise analyses (§5.1, Table 2).
+
+  Returns:
+    ([(noise [noise_batch, *image_shape], class) per forgotten class],
+     {str(class): final noise loss}).
+  """
+  watch = watch or common.Stopwatch()
+  noise_fn = _noise_program(classifier.graphdef, settings.noise_batch, tuple(image_shape),
+                            settings.noise_lr, settings.noise_steps, settings.noise_l2)
+  noises, losses = [], {}
+  for i, f in enumerate(forget):
+    kd = jax.random.key_data(jax.random.fold_in(key, i))
+    noise, loss = watch.run(noise_fn, classifier.params, classifier.stats, kd,
+                            jnp.asarray(f, jnp.int32))
+    noises.append((np.asarray(noise), int(f)))
+    losses[str(f)] = float(loss)
+  return noises, losses
+
+
 @register("unsir", {Access.RETAINED_DATA},
           "UNSIR (Tarun et al.): error-maximising noise, impair on noise + retained, repair")
 def unsir(grant: Grant, cfg: Config, key: jax.Array,
@@ -100,14 +126,8 @@ def unsir(grant: Grant, cfg: Config, key: jax.Array,
   k_noise, k_data = jax.random.split(key)
   rng = common.host_rng(k_data)
 
-  noise_fn = _noise_program(model.graphdef, s.noise_batch, tuple(grant.image_shape),
-                            s.noise_lr, s.noise_steps, s.noise_l2)
-  noises, noise_losses = [], {}
-  for i, f in enumerate(grant.forget):
-    kd = jax.random.key_data(jax.random.fold_in(k_noise, i))
-    noise, loss = watch.run(noise_fn, model.params, model.stats, kd, jnp.asarray(f, jnp.int32))
-    noises.append((np.asarray(noise), f))
-    noise_losses[str(f)] = float(loss)
+  noises, noise_losses = error_maximising_noise(model, grant.forget, grant.image_shape, s,
+                                                key=k_noise, watch=watch)
 
   x_r, y_r = grant.retained_data
   x_sub, y_sub = common.subsample_per_class(np.asarray(x_r), np.asarray(y_r),
