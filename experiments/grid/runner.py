@@ -21,7 +21,7 @@ import functools
 import sys
 import time
 import zlib
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +33,7 @@ from experiments.grid import store as store_lib
 from geniu_jax import checkpoint as ckpt_lib
 from geniu_jax import data as data_lib
 from geniu_jax import metrics, runs
+from geniu_jax.config import Config
 from geniu_jax.geniu import train as train_lib
 from geniu_jax.methods import command, records, registry
 from geniu_jax.models import functional as F
@@ -127,23 +128,58 @@ def method_key(seed: int, label: str) -> jax.Array:
   return jax.random.fold_in(jax.random.key(seed), zlib.crc32(label.encode()) % (2**31))
 
 
+class Context(NamedTuple):
+  """What an analysis gets: the cell, its data, its original and settings."""
+  cell: spec_lib.Cell
+  data: CellData
+  original: ckpt_lib.Checkpoint
+  cfg: Config            # the preset + the variant's and the method's overrides
+  key: jax.Array
+  workdir: epath.Path    # for arrays an analysis keeps (e.g. images for a figure)
+  record_key: str
+
+
+# Analyses: things a table measures on an original that are not unlearning
+# methods (the original itself, Table 2's perception, Figure 7's curve ...).
+# Each returns (a classifier to score, or None; an info dict for the record).
+ANALYSES: dict[str, Callable[[Context], tuple[F.SplitModel | None, dict]]] = {}
+
+
+def register_analysis(name: str):
+  """Decorator adding an analysis that a MethodSpec can name as its method."""
+  def wrap(fn):
+    if name in registry.METHODS:
+      raise ValueError(f"analysis {name!r} would shadow the registered method")
+    ANALYSES[name] = fn
+    return fn
+  return wrap
+
+
+@register_analysis("original")
+def _original(ctx: Context) -> tuple[F.SplitModel, dict]:
+  meta = ctx.original.metadata
+  return ctx.original.classifier, {"train_s": meta.get("train_s"), "history": meta.get("history"),
+                                   "checks": meta.get("checks")}
+
+
 def run_one(method: spec_lib.MethodSpec, cell: spec_lib.Cell, data: CellData,
-            original: ckpt_lib.Checkpoint) -> tuple[F.SplitModel, dict]:
-  """One method on one original, through the registry. The info holds the
-  method's full effective config, so a record says what ran even after a
+            original: ckpt_lib.Checkpoint, workdir: epath.Path
+            ) -> tuple[F.SplitModel | None, dict]:
+  """One method (through the registry) or analysis on one original. The info
+  holds the full effective config, so a record says what ran even after a
   preset changes."""
   cfg = spec_lib.method_config(cell, method)
-  if method.method == "original":
-    meta = original.metadata
-    return original.classifier, {"train_s": meta.get("train_s"), "config": cfg.to_dict(),
-                                 "history": meta.get("history"), "checks": meta.get("checks")}
+  key = method_key(cell.seed, method.label)
+  if method.method in ANALYSES:
+    ctx = Context(cell, data, original, cfg, key, workdir, spec_lib.record_key(cell, method))
+    model, info = ANALYSES[method.method](ctx)
+    return model, dict(info, config=cfg.to_dict())
   available = registry.inputs_from(data.x_train, data.y_train, cell.forget,
                                    artifacts=(original.generator, original.prompts),
                                    records=original.records)
   model, info = registry.run_method(
-      method.method, cfg, method_key(cell.seed, method.label), classifier=original.classifier,
-      forget=cell.forget, num_classes=data.num_classes, image_shape=data.image_shape,
-      **available)
+      method.method, cfg, key, classifier=original.classifier, forget=cell.forget,
+      num_classes=data.num_classes, image_shape=data.image_shape, **available)
   return model, dict(info, config=cfg.to_dict())
 
 
@@ -204,12 +240,14 @@ def run(cfg: spec_lib.GridConfig, workdir, *, shard: tuple[int, int] = (0, 1),
     data = CellData(cell)
     original, _ = obtain_original(cell, data, originals)
     for method in todo:
-      model, info = run_one(method, cell, data, original)
-      record = make_record(cfg, cell, method, score(model, data, cell.forget), info)
+      model, info = run_one(method, cell, data, original, store.root)
+      scores = {} if model is None else score(model, data, cell.forget)
+      record = make_record(cfg, cell, method, scores, info)
       store.write(spec_lib.record_key(cell, method), record)
       progress.done += 1
-      log(progress.line(f"{cell.describe()} {method.label}: acc_r {record['acc_r']:.4f} "
-                        f"acc_f {record['acc_f']:.4f}"))
+      result = "done" if model is None else (f"acc_r {record['acc_r']:.4f} "
+                                             f"acc_f {record['acc_f']:.4f}")
+      log(progress.line(f"{cell.describe()} {method.label}: {result}"))
       if after_record:
         after_record(record)
   return store
