@@ -80,6 +80,23 @@ def make_metadata(cfg: Config, *, source: str, image_shape, num_classes: int,
   return meta
 
 
+def generator_epochs(meta: dict) -> int | None:
+  """Epochs in which a checkpoint's GENIU generator trained, from its metadata.
+
+  Read from "checks" (`runs.save_run`); checkpoints written before it existed
+  are counted from their "history" rows' `prompts_correct`, the gate of Alg. 1
+  ("all prompts classified correctly") that lets the generator train. None
+  when the metadata says neither (no GENIU run, or a hand-made checkpoint).
+  """
+  checks = meta.get("checks")
+  if isinstance(checks, dict) and isinstance(checks.get("generator_epochs"), int):
+    return checks["generator_epochs"]
+  rows = [r for r in meta.get("history") or [] if isinstance(r, dict)]
+  if any("prompts_correct" in r for r in rows):
+    return sum(bool(r.get("prompts_correct")) for r in rows)
+  return None
+
+
 def str_keys(tree: Any) -> Any:
   # Orbax stores dict keys as strings; NNX lists give integer keys.
   if isinstance(tree, dict):

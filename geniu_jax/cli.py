@@ -42,6 +42,10 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
   p.add_argument("--proxies-per-class", type=int, dest="proxies_per_class",
                  help="B, proxies per class (Table 12)")
   p.add_argument("--lowering", choices=LOWERINGS)
+  p.add_argument("--noise-start-acc", type=float, dest="noise_start_acc", metavar="T",
+                 help="start prompt, selection and generator training at the first epoch "
+                      "whose training accuracy is >= T, in (0, 1] (Table 11; default: "
+                      "the first epoch)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _config_from(args, image_shape=None) -> Config:
   overrides = {k: getattr(args, k, None) for k in
-               ("width", "epochs", "seed", "proxies_per_class", "lowering")}
+               ("width", "epochs", "seed", "proxies_per_class", "lowering",
+                "noise_start_acc")}
   if getattr(args, "imbalance", None) is not None:
     overrides["imbalance"] = args.imbalance
   return get_config(args.preset, image_shape, **overrides)
@@ -122,7 +127,18 @@ def cmd_train(args) -> int:
   result = runs.train_geniu(cfg, data, recorder=recorder, log=_log)
   path = runs.save_run(args.out, cfg, data, result)
   _log(f"checkpoint written to {path}")
+  for warning in result.checks["warnings"]:
+    _log(f"warning: {warning}")
   return 0
+
+
+def _uses_artifacts(method: str) -> bool:
+  """Whether `geniu unlearn --method` tunes on GENIU's generator and prompts."""
+  if method == "geniu":
+    return True
+  from geniu_jax.methods import registry
+  found = registry.METHODS.get(method)
+  return found is not None and registry.Access.ARTIFACTS in found.access
 
 
 def cmd_unlearn(args) -> int:
@@ -133,6 +149,14 @@ def cmd_unlearn(args) -> int:
   ck = ckpt_lib.restore(args.ckpt)
   meta = ck.metadata
   forget = runs.check_classes(args.forget, meta["num_classes"], "forget")
+  # A generator left at its initialisation maps the prompts to proxies that
+  # carry nothing of their classes (Alg. 2): tuning on them is not GENIU's
+  # unlearning, whatever it does to the accuracies. Refuse before any work.
+  if (ck.generator is not None and _uses_artifacts(args.method)
+      and ckpt_lib.generator_epochs(meta) == 0):
+    raise UsageError(f"checkpoint {args.ckpt}: its GENIU generator never trained, so it has "
+                     "no proxies to tune on; retrain with more --epochs (or a lower "
+                     "--noise-start-acc)")
   cfg = Config.from_dict(meta["config"])
   if args.method != "geniu":
     from geniu_jax.methods import registry

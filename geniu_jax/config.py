@@ -12,6 +12,7 @@ seconds and only exists for tests.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import Any
 
 PRESETS = ("smoke", "cpu", "paper")
@@ -43,6 +44,11 @@ class Config:
     selection_source: `pass` = one eval-mode pass over the training set after
       the epoch (Alg. 1 as written); `epoch` = entropies of the logits the
       classifier epoch already computed (no extra pass).
+    noise_start_acc: the accuracy threshold t of Table 11 (Appendix). None =
+      prompts (Eq. 8), selection (§4.4) and generator (Eq. 4-6) train from
+      the first epoch (§5). Otherwise they start at the first epoch whose
+      classifier training accuracy is >= t, in (0, 1], and stay on for every
+      later epoch; earlier epochs train the classifier only.
     unlearn_lr: Adam learning rate of in-batch tuning (Eq. 10).
     unlearn_rounds: in-batch tuning rounds (Epoch_u); the maximum when a stop
       rule is set.
@@ -75,6 +81,7 @@ class Config:
   proxies_per_class: int = 1
   selection: str = "max_entropy"
   selection_source: str = "pass"
+  noise_start_acc: float | None = None
   unlearn_lr: float = 4e-4
   unlearn_rounds: int = 100
   stop_forget_prob: float | None = None
@@ -83,6 +90,16 @@ class Config:
   forget_margin: float = 2.0
   imbalance: float | tuple[float, ...] = 0.1
   seed: int = 0
+
+  def __post_init__(self):
+    # Every construction path (presets, overrides, CLI flags, checkpoint
+    # metadata) goes through here, so a bad value fails before any training.
+    # `not 0 < t <= 1` also rejects NaN.
+    t = self.noise_start_acc
+    if t is not None and (isinstance(t, bool) or not isinstance(t, numbers.Real)
+                          or not 0 < t <= 1):
+      raise ValueError(f"noise_start_acc must be a training accuracy in (0, 1] "
+                       f"(or None to start at the first epoch), got {t!r}")
 
   def replace(self, **overrides: Any) -> "Config":
     """Returns a copy with the non-None overrides applied."""

@@ -92,11 +92,22 @@ def train_geniu(cfg: Config, data: TrainingData, *, geniu: bool = True, recorder
 
 def save_run(out: str, cfg: Config, data: TrainingData, result: train_lib.TrainResult,
              extra: dict | None = None):
+  """Writes a trained run; its metadata keeps the history and the sanity checks.
+
+  `checks` (`train.training_checks`) is what `geniu unlearn` reads to refuse a
+  generator that never trained; results that carry none (e.g. from
+  `sweep.train_many`) get it from their history, without the class check.
+  """
+  checks = result.checks
+  if checks is None:
+    checks = train_lib.training_checks(result.history, None,
+                                       geniu=result.generator is not None,
+                                       noise_start_acc=cfg.noise_start_acc)
   meta = ckpt_lib.make_metadata(
       cfg, source=data.source, image_shape=data.x_train.shape[1:],
       num_classes=data.num_classes, majority=data.majority,
       extra=dict(extra or {}, class_counts=[int(c) for c in data.counts],
-                 history=result.history))
+                 history=result.history, checks=checks))
   return ckpt_lib.save(out, result.classifier, result.generator, result.prompts, meta,
                        records=result.records)
 

@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,8 @@ import pytest
 from geniu_jax import checkpoint as ckpt_lib
 from geniu_jax import cli
 from geniu_jax.config import Config
+from geniu_jax.geniu import train as train_lib
+from geniu_jax.models import functional as F
 
 from conftest import assert_trees_identical, pure_leaves
 
@@ -166,8 +169,15 @@ def test_unlearn_needs_a_generator(capsys, tmp_path, tiny_classifier):
     ["evaluate", "--ckpt", "c", "--forget", "9"],                        # no --data
     ["demo", "--lowering", "cudnn"],
     ["unlearn", "--ckpt", "c", "--forget", "9", "--out", "x", "--forget-loss", "hinge"],
+    ["train", "--data", "embedded", "--majority", "9", "--noise-start-acc", "1.5",
+     "--out", "x"],
+    ["train", "--data", "embedded", "--majority", "9", "--noise-start-acc", "0",
+     "--out", "x"],
+    ["train", "--data", "embedded", "--majority", "9", "--noise-start-acc", "high",
+     "--out", "x"],
 ], ids=["nothing", "unknown-command", "missing-flag", "not-an-int", "bad-preset",
-        "exclusive-flags", "evaluate-no-data", "demo-bad-lowering", "bad-forget-loss"])
+        "exclusive-flags", "evaluate-no-data", "demo-bad-lowering", "bad-forget-loss",
+        "noise-start-above-1", "noise-start-0", "noise-start-not-a-number"])
 def test_argument_errors_are_one_line(capsys, tmp_path, monkeypatch, argv):
   monkeypatch.chdir(tmp_path)
   rc, _, err = run_cli(capsys, *argv)
@@ -217,22 +227,58 @@ def _main_capturing_stdout(argv) -> tuple[int, str]:
   return rc, buf.getvalue()
 
 
+def _main_capturing_stderr(argv) -> tuple[int, str]:
+  buf = io.StringIO()
+  with contextlib.redirect_stderr(buf):
+    rc, _ = _main_capturing_stdout(argv)
+  return rc, buf.getvalue()
+
+
+def _without_training_records(src: Path, dst: Path) -> Path:
+  """A copy of checkpoint `src` whose metadata has no checks and no history, as
+  written before either existed."""
+  shutil.copytree(src, dst)
+  meta = json.loads((dst / "metadata.json").read_text())
+  for key in ("checks", "history"):
+    meta.pop(key, None)
+  (dst / "metadata.json").write_text(json.dumps(meta))
+  return dst
+
+
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-  """`geniu train` (smoke preset) then `geniu unlearn --forget 9`, once per module."""
-  root = tmp_path_factory.mktemp("cli_smoke")
-  a, b = root / "A", root / "B"
-  rc, _ = _main_capturing_stdout(["train", "--data", "embedded", "--majority", "9",
-                                  "--preset", "smoke", "--out", a])
+def smoke_train(tmp_path_factory):
+  """`geniu train` (smoke preset) once per module: (checkpoint, stderr)."""
+  a = tmp_path_factory.mktemp("cli_smoke") / "A"
+  rc, err = _main_capturing_stderr(["train", "--data", "embedded", "--majority", "9",
+                                    "--preset", "smoke", "--out", a])
   assert rc == 0 and a.is_dir()
+  return a, err
+
+
+@pytest.fixture(scope="module")
+def smoke_run(smoke_train, tmp_path_factory):
+  """`geniu unlearn --forget 9` on the smoke checkpoint, once per module.
+
+  The smoke preset is too small for GENIU's generator to train on the embedded
+  split (no epoch has every prompt classified correctly), and `geniu unlearn`
+  refuses such a checkpoint. The unlearning mechanics are exercised on a copy
+  without training records, accepted like a checkpoint written before them.
+  """
+  trained, _ = smoke_train
+  root = tmp_path_factory.mktemp("cli_smoke_unlearn")
+  if ckpt_lib.generator_epochs(ckpt_lib.read_metadata(trained)) == 0:
+    rc, err = _main_capturing_stderr(["unlearn", "--ckpt", trained, "--forget", "9",
+                                      "--out", root / "refused"])
+    assert rc == 2 and "never trained" in err and not (root / "refused").exists()
+  a, b = _without_training_records(trained, root / "A"), root / "B"
   rc, out = _main_capturing_stdout(["unlearn", "--ckpt", a, "--forget", "9", "--out", b,
                                     "--json"])
   assert rc == 0 and b.is_dir()
   return a, b, out
 
 
-def test_train_writes_a_checkpoint(smoke_run):
-  a = smoke_run[0]
+def test_train_writes_a_checkpoint(smoke_train):
+  a, err = smoke_train
   meta = ckpt_lib.read_metadata(a)
   assert meta["preset"] == "smoke" and meta["data_source"] == "embedded"
   assert meta["majority"] == [9] and meta["num_classes"] == 10
@@ -243,6 +289,11 @@ def test_train_writes_a_checkpoint(smoke_run):
   assert counts[9] == max(counts) and all(c < counts[9] for c in counts[:9])
   ck = ckpt_lib.restore(a)
   assert ck.prompts.shape == (10 * meta["config"]["proxies_per_class"], 28, 28, 1)
+  checks = meta["checks"]
+  assert set(checks) == {"generator_epochs", "unpredicted_classes", "warnings"}
+  assert checks["generator_epochs"] == sum(row["prompts_correct"] for row in meta["history"])
+  warned = [line for line in err.splitlines() if line.startswith("warning: ")]
+  assert warned == [f"warning: {w}" for w in checks["warnings"]]
 
 
 def test_unlearn_reports_json_on_the_last_stdout_line(smoke_run):
@@ -330,3 +381,84 @@ def test_unlearn_objective_flags_override_the_checkpoint_and_are_reported(smoke_
   assert report["objective"] == {"retain": "teacher", "forget": "margin", "margin": 3.0}
   assert ckpt_lib.read_metadata(out)["unlearned"] == report
 
+
+
+# --- a generator that never trained ---------------------------------------------------
+
+@pytest.fixture(scope="module")
+def never_trained(tmp_path_factory):
+  """`geniu train --noise-start-acc 1.0` on a tiny npz split with random labels and no
+  sample of class 3: the threshold is never reached, so no prompt or generator step
+  runs. Returns (checkpoint, stderr, aux program calls, initial generator leaves)."""
+  root = tmp_path_factory.mktemp("never_trained")
+  rng = np.random.default_rng(0)
+  np.savez(root / "tiny.npz", x_train=rng.uniform(0, 1, (48, 8, 8, 1)).astype(np.float32),
+           y_train=rng.integers(0, 3, 48), x_test=rng.uniform(0, 1, (8, 8, 8, 1)),
+           y_test=np.arange(8) % 4)
+  seen = {"aux_calls": 0, "generator": []}
+  make_aux, make_gen = train_lib.make_aux_epoch, F.make_generator
+
+  def counting_make_aux(*args, **kwargs):
+    aux = make_aux(*args, **kwargs)
+
+    def counted(*a):
+      seen["aux_calls"] += 1
+      return aux(*a)
+    return counted
+
+  def keeping_make_gen(*args, **kwargs):
+    model = make_gen(*args, **kwargs)
+    seen["generator"].append(pure_leaves(model.params))
+    return model
+
+  ckpt = root / "ckpt"
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(train_lib, "make_aux_epoch", counting_make_aux)
+    mp.setattr(F, "make_generator", keeping_make_gen)
+    rc, err = _main_capturing_stderr(
+        ["train", "--data", f"npz:{root / 'tiny.npz'}", "--majority", "0", "--imbalance", "1",
+         "--preset", "smoke", "--width", "0.0625", "--lowering", "native",
+         "--proxies-per-class", "2", "--epochs", "2", "--noise-start-acc", "1.0",
+         "--out", ckpt])
+  assert rc == 0 and ckpt.is_dir(), err
+  return ckpt, err, seen["aux_calls"], seen["generator"][0]
+
+
+def test_train_with_an_unreached_noise_start_warns_on_stderr(never_trained):
+  ckpt, err, aux_calls, initial = never_trained
+  meta = ckpt_lib.read_metadata(ckpt)
+  assert meta["config"]["noise_start_acc"] == 1.0
+  assert aux_calls == 0
+  assert all(row["noise_started"] is False and row["train_acc"] < 1.0
+             for row in meta["history"])
+  restored = pure_leaves(ckpt_lib.restore(ckpt).generator.params)
+  assert restored.keys() == initial.keys()
+  assert all(np.array_equal(restored[k], initial[k]) for k in initial)
+  checks = meta["checks"]
+  assert checks["generator_epochs"] == 0 and checks["unpredicted_classes"] == [3]
+  warned = [line for line in err.splitlines() if line.startswith("warning: ")]
+  assert warned == [f"warning: {w}" for w in checks["warnings"]] and len(warned) == 2
+  assert "generator never trained" in warned[0] and "--noise-start-acc" in warned[0]
+  assert "class 3 " in warned[1]
+  assert err.splitlines()[-2:] == warned   # after the checkpoint line, nothing else
+
+
+@pytest.mark.parametrize("method", ["geniu", "geniu_impair_repair"])
+def test_unlearn_refuses_a_generator_that_never_trained(capsys, tmp_path, never_trained,
+                                                        method):
+  out = tmp_path / "out"
+  rc, _, err = run_cli(capsys, "unlearn", "--ckpt", never_trained[0], "--forget", "1",
+                       "--method", method, "--out", out)
+  assert_usage_error(rc, err, out, contains="never trained")
+
+
+def test_unlearn_reads_the_history_of_checkpoints_without_checks(capsys, tmp_path,
+                                                                 never_trained):
+  old = tmp_path / "old"
+  shutil.copytree(never_trained[0], old)
+  meta = json.loads((old / "metadata.json").read_text())
+  del meta["checks"]
+  (old / "metadata.json").write_text(json.dumps(meta))
+  out = tmp_path / "out"
+  rc, _, err = run_cli(capsys, "unlearn", "--ckpt", old, "--forget", "1", "--out", out)
+  assert_usage_error(rc, err, out, contains="never trained")

@@ -83,3 +83,29 @@ def test_to_dict_from_dict_round_trip(cfg):
 def test_presets_are_not_shared_mutable_state():
   a = get_config("cpu", epochs=1)
   assert get_config("cpu").epochs != 1
+
+
+@pytest.mark.parametrize("t", [0.4, 0.6, 0.7, 1.0, 1, None])
+def test_noise_start_acc_accepts_table_11_thresholds(t):
+  assert get_config("smoke", noise_start_acc=t).noise_start_acc == t
+  assert Config(noise_start_acc=t).noise_start_acc == t
+
+
+@pytest.mark.parametrize("t", [0, 0.0, -0.1, 1.0001, 5, float("nan"), float("inf"), True,
+                               "0.5"])
+def test_noise_start_acc_outside_0_1_is_one_line_value_error(t):
+  for make in (lambda: get_config("cpu", noise_start_acc=t),
+               lambda: Config(noise_start_acc=t),
+               lambda: get_config("paper").replace(noise_start_acc=t)):
+    with pytest.raises(ValueError, match=r"noise_start_acc must be .* in \(0, 1\]") as err:
+      make()
+    assert "\n" not in str(err.value)
+
+
+def test_noise_start_acc_round_trips_and_old_metadata_restores_as_none():
+  assert Config().noise_start_acc is None   # the paper's §5: noise from the first epoch
+  cfg = get_config("smoke", noise_start_acc=0.6)
+  d = json.loads(json.dumps(cfg.to_dict()))
+  assert d["noise_start_acc"] == 0.6 and Config.from_dict(d) == cfg
+  del d["noise_start_acc"]   # a checkpoint written before the field existed
+  assert Config.from_dict(d).noise_start_acc is None

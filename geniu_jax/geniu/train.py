@@ -11,6 +11,17 @@ Classifier optimizer. The paper gives lr 0.01 and weight decay 1e-4 "following
 the baselines' setting"; the baselines' training code uses Adam with a
 one-cycle schedule and coupled L2 weight decay, so that is what we use.
 
+Noise start (Table 11, Appendix). With `cfg.noise_start_acc = t`, steps
+(2)-(4) start at the first epoch whose classifier training accuracy reaches t
+and stay on from then on; earlier epochs train the classifier only. The
+default None starts them at the first epoch (§5).
+
+Sanity checks. `TrainResult.checks` says whether the generator ever trained
+(the gate of step (3) may never open, e.g. with too few classifier steps on a
+small split, leaving the VAE at its initialisation and Alg. 2 without proxies
+worth tuning on) and which classes the classifier never predicted in its last
+epoch, each with a one-line warning naming the likely cause and a remedy.
+
 `geniu=False` trains the classifier alone (the original model of a baseline,
 or the retrained model). A `Recorder` (see `geniu_jax.methods`) rides along the
 train step to keep what I-R and Unrolling SGD need.
@@ -19,7 +30,7 @@ train step to keep what I-R and Unrolling SGD need.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, NamedTuple, Protocol
+from typing import Any, Callable, NamedTuple, Protocol, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -55,6 +66,8 @@ class TrainResult(NamedTuple):
   prompts: jax.Array | None     # [B*K, H, W, C]
   history: list[dict[str, float]]
   records: Any                  # Recorder output, or None
+  # `training_checks` output; None where a trainer did not compute it.
+  checks: dict | None = None
 
 
 def classifier_optimizer(cfg: Config, total_steps: int) -> optax.GradientTransformation:
@@ -64,8 +77,12 @@ def classifier_optimizer(cfg: Config, total_steps: int) -> optax.GradientTransfo
 
 
 def make_train_step(graphdef, optimizer, selection: str | None,
-                    recorder: Recorder | None) -> Callable:
-  """One classifier step; optionally merges the batch into the running top-B."""
+                    recorder: Recorder | None, num_classes: int | None = None) -> Callable:
+  """One classifier step; optionally merges the batch into the running top-B.
+
+  Returns (state, topb, records, loss, correct), plus the batch's [K] counts
+  of argmax predictions per class when `num_classes` is given.
+  """
   from geniu_jax import parallel  # local: parallel.train imports this module
 
   def train_step(state: ClassifierState, topb, records, x_all, y_all, batch_idx):
@@ -87,8 +104,18 @@ def make_train_step(graphdef, optimizer, selection: str | None,
       topb = sel_lib.update_topb(topb, scores, y, batch_idx)
     if recorder is not None:
       records = recorder.update(records, state.params, grads, updates, y)
-    correct = jnp.sum(jnp.argmax(logits, -1) == y)
-    return ClassifierState(params, stats, opt_state), topb, records, loss, correct
+    pred = jnp.argmax(logits, -1)
+    correct = jnp.sum(pred == y)
+    out = (ClassifierState(params, stats, opt_state), topb, records, loss, correct)
+    if num_classes is None:
+      return out
+    # Counted from the logits the step already has rather than by an extra
+    # evaluation pass: a [batch, K] reduction instead of a second compiled
+    # program and a forward pass over the training set. They are train-mode
+    # predictions of a model still moving through its last epoch, which is
+    # enough to spot a class the classifier has collapsed away from.
+    counts = jnp.sum(jax.nn.one_hot(pred, num_classes, dtype=jnp.int32), axis=0)
+    return (*out, counts)
 
   return jax.jit(train_step, donate_argnums=(0, 1, 2))
 
@@ -137,6 +164,10 @@ def train(cfg: Config, x_train: np.ndarray, y_train: np.ndarray, num_classes: in
 
   Returns:
     A `TrainResult`; `generator` and `prompts` are None when `geniu=False`.
+    With `geniu`, every history row has `noise_started` (False before the
+    Table 11 threshold `cfg.noise_start_acc` was reached; `prompt_loss` and
+    `generator_rec` are NaN then) and `prompts_correct` (the gate opened and
+    the generator trained this epoch).
   """
   image_shape = tuple(x_train.shape[1:])
   n = x_train.shape[0]
@@ -151,7 +182,8 @@ def train(cfg: Config, x_train: np.ndarray, y_train: np.ndarray, num_classes: in
   cstate = ClassifierState(classifier.params, classifier.stats,
                            cls_opt.init(classifier.params))
   selection = cfg.selection if geniu and cfg.selection_source == "epoch" else None
-  train_step = make_train_step(classifier.graphdef, cls_opt, selection, recorder)
+  train_step = make_train_step(classifier.graphdef, cls_opt, selection, recorder,
+                               num_classes)
   records = recorder.init(classifier.params, num_classes) if recorder else None
 
   x_all = jnp.asarray(x_train, jnp.float32)
@@ -167,25 +199,35 @@ def train(cfg: Config, x_train: np.ndarray, y_train: np.ndarray, num_classes: in
                                prompt_opt, gen_opt)
 
   history = []
+  started = cfg.noise_start_acc is None
+  last_counts = None
   shuffle_rng = np.random.default_rng(np.asarray(jax.random.key_data(keys["shuffle"])))
   for epoch in range(cfg.epochs):
     t0 = time.perf_counter()
     topb = sel_lib.init_topb(num_classes, cfg.proxies_per_class)
     order = shuffle_rng.permutation(n)[: steps_per_epoch * batch].reshape(steps_per_epoch, batch)
     loss_sum = correct_sum = 0.0
+    last_epoch = epoch == cfg.epochs - 1
     for batch_idx in order:
-      cstate, topb, records, loss, correct = train_step(
+      cstate, topb, records, loss, correct, counts = train_step(
           cstate, topb, records, x_all, y_all, jnp.asarray(batch_idx, jnp.int32))
       loss_sum, correct_sum = loss_sum + loss, correct_sum + correct
+      if last_epoch:   # only the trained classifier's predictions are checked
+        last_counts = counts if last_counts is None else last_counts + counts
     row = {"epoch": epoch + 1, "loss": float(loss_sum) / steps_per_epoch,
            "train_acc": float(correct_sum) / (steps_per_epoch * batch)}
     if geniu:
-      frozen = (classifier.graphdef, cstate.params, cstate.stats)
-      prompts, gen_state, p_loss, ok, rec = aux_epoch(
-          frozen, prompts, gen_state, topb, x_all, y_all,
-          jax.random.fold_in(keys["vae_noise"], epoch))
-      row.update(prompt_loss=float(p_loss), prompts_correct=bool(ok),
-                 generator_rec=float(rec))
+      started = started or row["train_acc"] >= cfg.noise_start_acc
+      if started:
+        frozen = (classifier.graphdef, cstate.params, cstate.stats)
+        prompts, gen_state, p_loss, ok, rec = aux_epoch(
+            frozen, prompts, gen_state, topb, x_all, y_all,
+            jax.random.fold_in(keys["vae_noise"], epoch))
+        row.update(noise_started=True, prompt_loss=float(p_loss), prompts_correct=bool(ok),
+                   generator_rec=float(rec))
+      else:
+        row.update(noise_started=False, prompt_loss=float("nan"), prompts_correct=False,
+                   generator_rec=float("nan"))
     row["seconds"] = time.perf_counter() - t0
     history.append(row)
     if log:
@@ -195,12 +237,61 @@ def train(cfg: Config, x_train: np.ndarray, y_train: np.ndarray, num_classes: in
   if geniu:
     generator = F.SplitModel(generator.graphdef, gen_state.params, generator.stats)
     prompts = prompts.z
-  return TrainResult(final, generator, prompts, history, records)
+  checks = training_checks(history, None if last_counts is None else np.asarray(last_counts),
+                           geniu=geniu, noise_start_acc=cfg.noise_start_acc)
+  return TrainResult(final, generator, prompts, history, records, checks)
+
+
+def training_checks(history: Sequence[dict], prediction_counts: np.ndarray | None, *,
+                    geniu: bool, noise_start_acc: float | None = None) -> dict:
+  """Sanity checks of a finished training phase (`TrainResult.checks`).
+
+  Args:
+    history: the per-epoch rows of `train`.
+    prediction_counts: [K] argmax predictions per class over the last epoch's
+      classifier batches; None when unknown (then no class is reported).
+    geniu: whether prompts and generator were trained (Alg. 1).
+    noise_start_acc: the run's Table 11 threshold, to name the right cause.
+
+  Returns:
+    {"generator_epochs": epochs in which the generator trained, i.e. the gate
+    "all prompts classified correctly" opened (None without GENIU),
+    "unpredicted_classes": sorted classes never predicted,
+    "warnings": one line per problem, naming the likely cause and a remedy}.
+  """
+  warnings = []
+  generator_epochs = None
+  if geniu:
+    generator_epochs = sum(bool(row.get("prompts_correct")) for row in history)
+    if generator_epochs == 0:
+      if noise_start_acc is not None and not any(row.get("noise_started") for row in history):
+        best = max((row["train_acc"] for row in history), default=float("nan"))
+        warnings.append(
+            f"the generator never trained: the training accuracy never reached the noise "
+            f"start threshold {noise_start_acc} (best {best:.3f}; lower --noise-start-acc "
+            f"or add --epochs)")
+      else:
+        warnings.append(
+            "the generator never trained: no epoch had every noise prompt classified "
+            "correctly (too few classifier steps for a small dataset? add --epochs)")
+  unpredicted = []
+  if prediction_counts is not None:
+    unpredicted = [int(k) for k in np.flatnonzero(np.asarray(prediction_counts) == 0)]
+  if unpredicted:
+    warnings.append(
+        f"the classifier predicted no training sample as class {', '.join(map(str, unpredicted))}"
+        f" in its last epoch (too few classifier steps, or too few samples of "
+        f"{'that class' if len(unpredicted) == 1 else 'these classes'}? add --epochs or "
+        f"raise --imbalance)")
+  return {"generator_epochs": generator_epochs, "unpredicted_classes": unpredicted,
+          "warnings": warnings}
 
 
 def _format_row(row: dict, epochs: int) -> str:
   text = f"epoch {row['epoch']}/{epochs} loss {row['loss']:.4f} train_acc {row['train_acc']:.4f}"
-  if "prompt_loss" in row:
+  if row.get("noise_started") is False:
+    text += " noise off (train_acc below noise_start_acc)"
+  elif "prompt_loss" in row:
     text += (f" prompt_loss {row['prompt_loss']:.4f} prompts_ok {int(row['prompts_correct'])}"
              f" gen_rec {row['generator_rec']:.4f}")
   return text + f" ({row['seconds']:.1f}s)"
