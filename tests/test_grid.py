@@ -171,7 +171,9 @@ def test_shards_fill_one_workdir(uninterrupted, tiny_source, tmp_path):
   cfg = tiny_config(tiny_source)
   # Reuse the trained originals; each shard runs only its own cells.
   originals = uninterrupted / runner.ORIGINALS
-  runner.run(cfg, tmp_path, shard=(1, 2), originals=originals)
+  runner.run(cfg, tmp_path, shard=(1, 2), originals=tmp_path / "none", train=False)
+  assert not store_lib.Store(tmp_path).done()  # no original there: nothing ran
+  runner.run(cfg, tmp_path, shard=(1, 2), originals=originals, train=False)
   assert {r["forget"][0] for r in store_lib.Store(tmp_path).read_records()} == {2}
   runner.run(cfg, tmp_path, shard=(0, 2), originals=originals)
   assert comparable(store_lib.Store(tmp_path).read_records()) == comparable(

@@ -2,7 +2,7 @@
 
     python -m experiments.<name> --config smoke|cpu|paper --workdir DIR
         [--shard i/n] [--data NAME=SOURCE ...] [--datasets NAME ...]
-        [--methods LABEL ...] [--originals DIR] [--report]
+        [--methods LABEL ...] [--originals DIR] [--existing-originals] [--report]
 
 Without --report it fills DIR's store (re-running the same command resumes:
 finished records are skipped); with --report it trains nothing and writes
@@ -67,6 +67,8 @@ def main(get_config: Callable[[str], spec_lib.GridConfig],
   p.add_argument("--datasets", nargs="*", help="run only these datasets")
   p.add_argument("--methods", nargs="*", help="run only these method labels")
   p.add_argument("--originals", help="directory of original models (default WORKDIR/originals)")
+  p.add_argument("--existing-originals", action="store_true",
+                 help="skip cells whose original is not trained yet (train no original)")
   p.add_argument("--report", action="store_true", help="write the report; train nothing")
   compile_cache.add_flag(p)
   args = p.parse_args(argv)
@@ -83,7 +85,8 @@ def main(get_config: Callable[[str], spec_lib.GridConfig],
       print(out.read_text())
       return 0
     compile_cache.configure(args.compilation_cache)
-    runner.run(cfg, args.workdir, shard=shard, sources=sources, originals=args.originals)
+    runner.run(cfg, args.workdir, shard=shard, sources=sources, originals=args.originals,
+               train=not args.existing_originals)
   except (data_lib.DataError, ckpt_lib.CheckpointError, ValueError) as err:
     print(f"error: {err}", file=sys.stderr)
     return 2

@@ -221,9 +221,13 @@ def _hms(seconds: float) -> str:
 
 
 def run(cfg: spec_lib.GridConfig, workdir, *, shard: tuple[int, int] = (0, 1),
-        sources: dict[str, str] | None = None, originals=None,
+        sources: dict[str, str] | None = None, originals=None, train: bool = True,
         after_record: Callable[[dict], None] | None = None) -> store_lib.Store:
-  """Fills the store with this shard's missing records."""
+  """Fills the store with this shard's missing records.
+
+  `train=False` skips the cells whose original is not there yet (e.g. to run
+  cheap settings on the originals another grid has trained so far).
+  """
   store = store_lib.Store(workdir)
   originals = epath.Path(originals) if originals else store.root / ORIGINALS
   grid_cells = spec_lib.shard(spec_lib.cells(cfg, sources), *shard)
@@ -235,6 +239,8 @@ def run(cfg: spec_lib.GridConfig, workdir, *, shard: tuple[int, int] = (0, 1),
     todo = [m for m in spec_lib.methods_for(cfg, cell)
             if spec_lib.record_key(cell, m) not in done]
     if not todo:
+      continue
+    if not train and not (original_path(originals, cell) / "metadata.json").exists():
       continue
     log(progress.line(cell.describe()))
     data = CellData(cell)
