@@ -32,12 +32,21 @@ costs 2-10 s of tuning plus ~3 s of scoring per original on a 2-core CPU.
 
 from __future__ import annotations
 
+import functools
 import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
 
 from experiments import table1
 from experiments.grid import main as grid_main
 from experiments.grid import report as R
+from experiments.grid import runner
 from experiments.grid.spec import GridConfig, MethodSpec, overrides
+from geniu_jax.geniu.generator import make_proxies
+from geniu_jax.geniu.prompts import prompt_labels
+from geniu_jax.models import functional as F
 
 PASS_ACC_F = 0.01
 
@@ -53,10 +62,55 @@ CANDIDATES = tuple(candidate(m, r, lr) for m in (2.0, 4.0) for r in (150, 300)
                    for lr in (4e-4, 1e-3))
 
 
+DIAGNOSTICS = MethodSpec("proxy_diagnostics", "proxy_diagnostics")
+
+
 def get_config(variant: str = "cpu") -> GridConfig:
   base = table1.get_config(variant)
-  return base.replace(name="geniu_setting",
-                      methods=(table1.ORIGINAL, table1.GENIU_MARGIN2) + CANDIDATES)
+  return base.replace(name="geniu_setting", methods=(
+      table1.ORIGINAL, DIAGNOSTICS, table1.GENIU_MARGIN2) + CANDIDATES)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _penultimate(graphdef, params, stats, x):
+  logits, acts = F.classifier_features(graphdef, params, stats, x)
+  return jax.nn.softmax(logits), jnp.mean(acts[-1], axis=(1, 2))
+
+
+@runner.register_analysis("proxy_diagnostics")
+def proxy_diagnostics(ctx: runner.Context):
+  """Where the forgotten class's proxies sit relative to its real images, as the
+  ORIGINAL model sees them (validation images; an analysis, not unlearning):
+
+  * own-class probability of the forgotten proxies and of the real images;
+  * coverage: the share of real forgotten images whose nearest proxy (cosine
+    distance of the original's pooled last-block features) is one of the
+    forgotten class's proxies -- low coverage means the proxies stand for a
+    corner of the class, and tuning on them need not move the rest of it;
+  * the same share for every proxy class (where the real images go instead).
+  """
+  ck, data, forget = ctx.original, ctx.data, list(ctx.cell.forget)
+  c, g = ck.classifier, ck.generator
+  k = data.num_classes
+  labels = np.asarray(prompt_labels(k, ck.prompts.shape[0] // k))
+  proxies = make_proxies(g.graphdef, g.params, ck.prompts)
+  p_proxy, f_proxy = _penultimate(c.graphdef, c.params, c.stats, proxies)
+  real = data.x_val[np.isin(data.y_val, forget)]
+  p_real, f_real = _penultimate(c.graphdef, c.params, c.stats, jnp.asarray(real))
+
+  def unit(v):
+    return v / (jnp.linalg.norm(v, axis=-1, keepdims=True) + 1e-12)
+
+  nearest = labels[np.asarray(jnp.argmax(unit(f_real) @ unit(f_proxy).T, axis=-1))]
+  is_f = np.isin(labels, forget)
+  own = np.asarray(p_proxy)[np.arange(len(labels)), labels]
+  return None, {
+      "proxy_own_prob": float(own[is_f].mean()),
+      "real_own_prob": float(np.asarray(p_real)[:, forget].sum(-1).mean()),
+      "retained_proxy_acc": float((np.asarray(p_proxy).argmax(-1) == labels)[~is_f].mean()),
+      "coverage": float(np.isin(nearest, forget).mean()),
+      "nearest_proxy_class": np.bincount(nearest, minlength=k).tolist(),
+  }
 
 
 def scores(records, cfg, split: str = "val_") -> list[dict]:
@@ -122,7 +176,34 @@ def test_split(records, cfg) -> R.Section:
                    [dict(r, split="test") for r in rows])
 
 
+def diagnostics(records, cfg) -> R.Section:
+  """Per cell: the proxy diagnostics beside what each setting left of the class."""
+  val_chosen = choose(scores(records, cfg, "val_"))
+  shown = ["geniu_margin2"] + ([val_chosen["setting"]] if val_chosen else [])
+  rows, csv_rows = [], []
+  for (original,), rs in R.group(records, "original").items():
+    by = {r["method"]: r for r in rs}
+    d = by.get("proxy_diagnostics")
+    if d is None:
+      continue
+    i = d["info"]
+    left = [by[m]["val_acc_f"] if m in by else None for m in shown]
+    rows.append([d["dataset"], d["forget"][0], d["seed"], f"{i['proxy_own_prob']:.3f}",
+                 f"{i['real_own_prob']:.3f}", f"{i['coverage']:.3f}",
+                 f"{i['retained_proxy_acc']:.2f}"] + [R.fmt_paper(v) for v in left])
+    csv_rows.append({"dataset": d["dataset"], "class": d["forget"][0], "seed": d["seed"],
+                     **{k: v for k, v in i.items() if k not in ("config",)},
+                     **{f"val_acc_f_{m}": v for m, v in zip(shown, left)}})
+  rows.sort(key=lambda r: (r[0], r[2], r[1]))
+  md = R.markdown_table(["dataset", "class", "seed", "p_f(forgotten proxies)",
+                         "p_f(real val images)", "coverage", "retained proxies correct"]
+                        + [f"val Acc_f {m}" for m in shown], rows)
+  return R.Section(md + "\n\ncoverage: share of the class's real validation images whose "
+                   "nearest proxy (original's features) is one of its own proxies.", csv_rows)
+
+
 VIEWS = (R.View("Selection on the validation split", selection),
+         R.View("Proxy diagnostics", diagnostics),
          R.View("Test split (not used to choose)", test_split))
 
 if __name__ == "__main__":
