@@ -56,6 +56,12 @@ class Config:
       paper). Otherwise stop after the first round at which the forgotten
       proxies give their class a mean probability <= this value and the
       retained proxies are classified at least as well as before tuning.
+    sharpen_target: None = tune on the generator's proxies as they are (the
+      paper). Otherwise a sharpened copy of every forgotten proxy joins the
+      batch: moved by signed-gradient steps until the original model gives
+      it its class with at least this probability (`geniu.sharpen`).
+    sharpen_step: the L-infinity size of one sharpening step.
+    sharpen_steps: the most sharpening steps.
     retain_target: in-batch tuning's target on retained proxies: `label`
       (Eq. 10) or `teacher` (the original model's softmax with the forgotten
       classes removed); see `geniu.unlearn.Objective`.
@@ -85,6 +91,9 @@ class Config:
   unlearn_lr: float = 4e-4
   unlearn_rounds: int = 100
   stop_forget_prob: float | None = None
+  sharpen_target: float | None = None
+  sharpen_step: float = 0.01
+  sharpen_steps: int = 30
   retain_target: str = "label"
   forget_loss: str = "inv_ce"
   forget_margin: float = 2.0
@@ -100,6 +109,11 @@ class Config:
                           or not 0 < t <= 1):
       raise ValueError(f"noise_start_acc must be a training accuracy in (0, 1] "
                        f"(or None to start at the first epoch), got {t!r}")
+    p = self.sharpen_target
+    if p is not None and (isinstance(p, bool) or not isinstance(p, numbers.Real)
+                          or not 0 < p < 1):
+      raise ValueError(f"sharpen_target must be a probability in (0, 1) (or None for the "
+                       f"generator's proxies as they are), got {p!r}")
 
   def replace(self, **overrides: Any) -> "Config":
     """Returns a copy with the non-None overrides applied."""

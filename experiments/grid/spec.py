@@ -25,7 +25,8 @@ from geniu_jax.config import Config, get_config as preset_config
 Overrides = tuple[tuple[str, Any], ...]
 # Config fields read only by unlearning: not part of an original's key.
 UNLEARNING_FIELDS = ("unlearn_lr", "unlearn_rounds", "stop_forget_prob", "retain_target",
-                     "forget_loss", "forget_margin")
+                     "forget_loss", "forget_margin", "sharpen_target", "sharpen_step",
+                     "sharpen_steps")
 # The paper's presets adapt to the image size (CIFAR-10 schedule at 32x32).
 IMAGE_SHAPES = {"cifar10": (32, 32, 3)}
 
