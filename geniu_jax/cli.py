@@ -83,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
                       "(default: the checkpoint's config)")
   p.add_argument("--forget-margin", type=float, dest="forget_margin",
                  help="logit margin of --forget-loss margin")
+  sharp = p.add_mutually_exclusive_group()
+  sharp.add_argument("--sharpen-target", type=float, dest="sharpen_target", metavar="P",
+                     help="add a copy of each forgotten proxy sharpened until the original "
+                          "gives it its class with probability >= P (default: the "
+                          "checkpoint's config)")
+  sharp.add_argument("--no-sharpen", action="store_true", dest="no_sharpen",
+                     help="tune on the generator's proxies as they are (the paper)")
   p.add_argument("--out", required=True)
   p.add_argument("--json", action="store_true")
 
@@ -172,14 +179,17 @@ def cmd_unlearn(args) -> int:
   cfg = config_with_overrides(cfg, args)
   rounds, lr, stop = cfg.unlearn_rounds, cfg.unlearn_lr, cfg.stop_forget_prob
   objective = unlearn_lib.objective_from_config(cfg)
+  from geniu_jax.geniu import sharpen as sharpen_lib
+  sharpen = sharpen_lib.settings_from_config(cfg)
   _log(f"GENIU in-batch tuning: forget {list(forget)}, up to {rounds} rounds, lr {lr}, "
        f"stop rule {'off' if stop is None else f'mean forgotten-proxy prob <= {stop}'}, "
-       f"objective {objective.describe()}")
+       f"objective {objective.describe()}, sharpened forgotten proxies "
+       f"{'off' if sharpen is None else f'to p >= {sharpen[0]:g}'}")
   out = runs.geniu_unlearn_timed(ck.classifier, ck.generator, prompts, forget,
                                  rounds=rounds, lr=lr, stop_forget_prob=stop,
-                                 objective=objective)
+                                 objective=objective, sharpen=sharpen)
   report = {"method": "geniu", "forget": list(forget), "rounds_run": out.rounds_run,
-            "objective": objective._asdict(),
+            "objective": objective._asdict(), "sharpen_target": cfg.sharpen_target,
             "proxies": int(prompts.shape[0]),
             "unlearn_ms": round(out.unlearn_ms, 3), "compile_ms": round(out.compile_ms, 3)}
   new_meta = dict(meta, unlearned=report)

@@ -15,6 +15,7 @@ import numpy as np
 
 from geniu_jax import runs
 from geniu_jax.config import get_config
+from geniu_jax.geniu import sharpen as sharpen_lib
 from geniu_jax.geniu import unlearn as unlearn_lib
 
 DEMO_SOURCE = "embedded"
@@ -51,7 +52,8 @@ def run(log: Callable[[str], None] | None = print, preset: str = "cpu", **overri
   outcome = runs.geniu_unlearn_timed(
       original.classifier, original.generator, original.prompts, forget,
       rounds=cfg.unlearn_rounds, lr=cfg.unlearn_lr, stop_forget_prob=cfg.stop_forget_prob,
-      objective=unlearn_lib.objective_from_config(cfg))
+      objective=unlearn_lib.objective_from_config(cfg),
+      sharpen=sharpen_lib.settings_from_config(cfg))
 
   def score(classifier):
     r = runs.evaluate(classifier, data.x_test, data.y_test, data.num_classes, forget)

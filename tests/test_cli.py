@@ -383,6 +383,21 @@ def test_unlearn_objective_flags_override_the_checkpoint_and_are_reported(smoke_
 
 
 
+def test_unlearn_sharpen_flags(smoke_run, tmp_path, capsys):
+  a = smoke_run[0]
+  out = tmp_path / "sharp"
+  rc, text = _main_capturing_stdout(["unlearn", "--ckpt", a, "--forget", "9", "--out", out,
+                                     "--sharpen-target", "0.9", "--rounds", "3", "--json"])
+  assert rc == 0
+  report = json.loads(text.strip().splitlines()[-1])
+  assert report["sharpen_target"] == 0.9 and report["rounds_run"] == 3
+  capsys.readouterr()
+  bad = tmp_path / "bad_sharp"
+  rc, _, err = run_cli(capsys, "unlearn", "--ckpt", a, "--forget", "9", "--out", bad,
+                       "--sharpen-target", "1.5")
+  assert_usage_error(rc, err, bad, contains="sharpen_target")
+
+
 # --- a generator that never trained ---------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -33,6 +33,7 @@ case; a max threshold is set off by the one proxy that flips last.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -40,6 +41,7 @@ import jax.numpy as jnp
 import optax
 
 from geniu_jax.config import FORGET_LOSSES, RETAIN_TARGETS
+from geniu_jax.geniu import sharpen as sharpen_lib
 from geniu_jax.geniu.generator import make_proxies
 from geniu_jax.geniu.losses import batch_cross_entropy
 from geniu_jax.geniu.prompts import prompt_labels
@@ -253,23 +255,86 @@ def in_batch_tuning(params, graphdef, stats, proxies: jax.Array, labels: jax.Arr
   return params, info
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef", "rounds", "every", "objective"))
+def tuning_snapshots(params, graphdef, stats, proxies: jax.Array, labels: jax.Array,
+                     forget: jax.Array, *, rounds: int, lr: float, every: int,
+                     objective: Objective = EQ10) -> Any:
+  """The params of in-batch tuning after rounds every, 2 * every, ..., `rounds` (Figure 7).
+
+  The rounds of `in_batch_tuning` with no stop rule (same loss, teacher and
+  Adam state, carried through all rounds), as a `lax.scan` of `rounds //
+  every` chunks of `every` rounds, each chunk's last params kept: the last
+  snapshot is `in_batch_tuning(..., rounds=rounds, stop_forget_prob=None)`.
+
+  Args:
+    params, graphdef, stats: the original classifier (stats stay frozen).
+    proxies: [M, H, W, C] proxies; labels: [M] their classes.
+    forget: int array of forgotten classes.
+    rounds: tuning rounds (static), a multiple of `every`.
+    lr: Adam learning rate.
+    every: rounds between snapshots (static).
+    objective: what to minimise (static); the default is Eq. 10.
+
+  Returns:
+    params with a leading axis of `rounds // every` snapshots.
+  """
+  if every < 1 or rounds % every:
+    raise ValueError(f"rounds ({rounds}) must be a positive multiple of every ({every})")
+  objective = objective.check()
+  optimizer = optax.adam(lr)
+  forget_mask = forget_mask_for(labels, forget)
+  forgotten = forgotten_classes(forget, params["head"]["kernel"].shape[-1])
+  teacher = None
+  if objective.retain == "teacher":
+    teacher = teacher_targets(F.classifier_logits(graphdef, params, stats, proxies), forgotten)
+  grad_fn = jax.value_and_grad(_loss_and_logits, has_aux=True)
+
+  def one_round(carry, _):
+    params, opt_state = carry
+    _, grads = grad_fn(params, graphdef, stats, proxies, labels, forget_mask, objective,
+                       teacher, forgotten)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state), None
+
+  def chunk(carry, _):
+    carry, _ = jax.lax.scan(one_round, carry, None, length=every)
+    return carry, carry[0]
+
+  _, snapshots = jax.lax.scan(chunk, (params, optimizer.init(params)), None,
+                              length=rounds // every)
+  return snapshots
+
+
 def unlearn(classifier: F.SplitModel, generator: F.SplitModel, prompts: jax.Array,
             forget: jax.Array, *, rounds: int, lr: float,
             stop_forget_prob: float | None = None,
-            objective: Objective = EQ10) -> tuple[F.SplitModel, TuningInfo]:
-  """Alg. 2 end to end: x' = g(z), then in-batch tuning. Uses no training data."""
+            objective: Objective = EQ10,
+            sharpen: tuple[float, float, int] | None = None) -> tuple[F.SplitModel, TuningInfo]:
+  """Alg. 2 end to end: x' = g(z), then in-batch tuning. Uses no training data.
+
+  `sharpen` = (target, step, steps) adds a sharpened copy of every forgotten
+  proxy to the batch first (`geniu.sharpen`); None keeps the paper's batch.
+  """
   num_classes = classifier.params["head"]["kernel"].shape[-1]
   labels = prompt_labels(num_classes, prompts.shape[0] // num_classes)
   proxies = make_proxies(generator.graphdef, generator.params, prompts)
+  forget = jnp.asarray(forget, jnp.int32)
+  if sharpen is not None:
+    target, step, steps = sharpen
+    proxies, labels = sharpen_lib.with_sharpened(
+        classifier.graphdef, classifier.params, classifier.stats, proxies, labels,
+        forget_mask_for(labels, forget), target=target, step=step, steps=steps,
+        num_forget=forget.shape[0] * (prompts.shape[0] // num_classes))
   params, info = in_batch_tuning(
       classifier.params, classifier.graphdef, classifier.stats, proxies, labels,
-      jnp.asarray(forget, jnp.int32), rounds=rounds, lr=lr,
+      forget, rounds=rounds, lr=lr,
       stop_forget_prob=stop_forget_prob, objective=objective)
   return F.SplitModel(classifier.graphdef, params, classifier.stats), info
 
 
 def make_unlearn_fn(classifier_graphdef, generator_graphdef, *, rounds: int, lr: float,
-                    stop_forget_prob: float | None = None, objective: Objective = EQ10):
+                    stop_forget_prob: float | None = None, objective: Objective = EQ10,
+                    sharpen: tuple[float, float, int] | None = None):
   """A jitted `(cls_params, cls_stats, gen_params, prompts, forget) -> (params, info)`.
 
   Graphdefs and hyperparameters are closed over (static), so repeated calls
@@ -280,7 +345,8 @@ def make_unlearn_fn(classifier_graphdef, generator_graphdef, *, rounds: int, lr:
     classifier = F.SplitModel(classifier_graphdef, cls_params, cls_stats)
     generator = F.SplitModel(generator_graphdef, gen_params, None)
     tuned, info = unlearn(classifier, generator, prompts, forget, rounds=rounds, lr=lr,
-                          stop_forget_prob=stop_forget_prob, objective=objective)
+                          stop_forget_prob=stop_forget_prob, objective=objective,
+                          sharpen=sharpen)
     return tuned.params, info
 
   return jax.jit(fn)

@@ -51,7 +51,8 @@ def jsonable(value: Any) -> Any:
 
 
 def config_with_overrides(cfg: Config, args) -> Config:
-  """--rounds / --lr / --stop-forget-prob / --no-stop / the objective flags (GENIU variants)."""
+  """--rounds / --lr / --stop-forget-prob / --no-stop / the objective and sharpening
+  flags (GENIU variants)."""
   cfg = cfg.replace(unlearn_rounds=getattr(args, "rounds", None),
                     unlearn_lr=getattr(args, "lr", None),
                     retain_target=getattr(args, "retain_target", None),
@@ -61,6 +62,10 @@ def config_with_overrides(cfg: Config, args) -> Config:
     cfg = dataclasses.replace(cfg, stop_forget_prob=None)
   elif getattr(args, "stop_forget_prob", None) is not None:
     cfg = dataclasses.replace(cfg, stop_forget_prob=args.stop_forget_prob)
+  if getattr(args, "no_sharpen", False):
+    cfg = dataclasses.replace(cfg, sharpen_target=None)
+  elif getattr(args, "sharpen_target", None) is not None:
+    cfg = dataclasses.replace(cfg, sharpen_target=args.sharpen_target)
   return cfg
 
 
