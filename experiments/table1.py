@@ -41,10 +41,10 @@ ORIGINAL = MethodSpec("original", "original")
 RETRAIN = MethodSpec("retrain", "retrain")
 GENIU_PAPER = MethodSpec("geniu_paper", "geniu", overrides(
     retain_target="label", forget_loss="inv_ce", forget_margin=2.0, proxies_per_class=1,
-    unlearn_rounds=100, unlearn_lr=4e-4, stop_forget_prob=None))
+    unlearn_rounds=100, unlearn_lr=4e-4, stop_forget_prob=None, sharpen_target=None))
 GENIU_MARGIN2 = MethodSpec("geniu_margin2", "geniu", overrides(
     retain_target="teacher", forget_loss="margin", forget_margin=2.0,
-    unlearn_rounds=60, unlearn_lr=4e-4, stop_forget_prob=None))
+    unlearn_rounds=60, unlearn_lr=4e-4, stop_forget_prob=None, sharpen_target=None))
 GENIU_SETTINGS = (GENIU_MARGIN2, GENIU_PAPER)
 BASELINES = ("gkt", "unsir", "ir", "unrolling")
 EXTRA = ("ir_relabel",)

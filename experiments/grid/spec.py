@@ -27,6 +27,12 @@ Overrides = tuple[tuple[str, Any], ...]
 UNLEARNING_FIELDS = ("unlearn_lr", "unlearn_rounds", "stop_forget_prob", "retain_target",
                      "forget_loss", "forget_margin", "sharpen_target", "sharpen_step",
                      "sharpen_steps")
+# Methods and analyses that never read the unlearning fields: their records
+# keep their keys when a preset's unlearning setting changes (a retrain is
+# minutes of CPU). Anything not listed is keyed on every field, the safe side.
+IGNORES_UNLEARNING_FIELDS = frozenset({
+    "original", "retrain", "gkt", "unsir", "ir", "ir_relabel", "unrolling",
+    "proxy_diagnostics"})
 # The paper's presets adapt to the image size (CIFAR-10 schedule at 32x32).
 IMAGE_SHAPES = {"cifar10": (32, 32, 3)}
 
@@ -164,8 +170,9 @@ def record_key(cell: Cell, method: MethodSpec) -> str:
   """The store key of one (cell, method) record: the cell and the method's
   effective settings, so a record made with other settings (a preset that
   changed since) is not taken for this one."""
+  exclude = UNLEARNING_FIELDS if method.method in IGNORES_UNLEARNING_FIELDS else ()
   return content_key({"cell": cell.key, "label": method.label, "method": method.method,
-                      "config": config_fields(method_config(cell, method))})
+                      "config": config_fields(method_config(cell, method), exclude)})
 
 
 def cells(cfg: GridConfig, sources: dict[str, str] | None = None) -> list[Cell]:
