@@ -40,7 +40,8 @@ class Config:
     kl_weight: lambda of Eq. 6.
     latent_dim: VAE latent size; None = 128 for 28x28, 256 for 32x32.
     proxies_per_class: B, prompts/proxies per class (Table 12); B=1 is the paper.
-    selection: `max_entropy` (§4.4) or `min_entropy` (Table 10 ablation).
+    selection: `max_entropy` (§4.4), `min_entropy` (Table 10 ablation) or
+      `random` (B samples of each class drawn uniformly; a control).
     selection_source: `pass` = one eval-mode pass over the training set after
       the epoch (Alg. 1 as written); `epoch` = entropies of the logits the
       classifier epoch already computed (no extra pass).

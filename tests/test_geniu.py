@@ -138,7 +138,7 @@ def test_entropy_extremes_and_unknown_rule():
   logits = normal(0, (6, k), 3.0)
   np.testing.assert_allclose(losses.batch_entropy(logits), _np_entropy(logits), rtol=1e-5)
   with pytest.raises(ValueError, match="selection rule"):
-    sel.selection_scores(logits, "random")
+    sel.selection_scores(logits, "median_entropy")
 
 
 @pytest.mark.parametrize("rule,expected", [

@@ -32,7 +32,7 @@ UNLEARNING_FIELDS = ("unlearn_lr", "unlearn_rounds", "stop_forget_prob", "retain
 # minutes of CPU). Anything not listed is keyed on every field, the safe side.
 IGNORES_UNLEARNING_FIELDS = frozenset({
     "original", "retrain", "gkt", "unsir", "ir", "ir_relabel", "unrolling",
-    "proxy_diagnostics"})
+    "proxy_diagnostics", "geniu_proxies", "perception", "training_cost"})
 # The paper's presets adapt to the image size (CIFAR-10 schedule at 32x32).
 IMAGE_SHAPES = {"cifar10": (32, 32, 3)}
 
