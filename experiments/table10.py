@@ -7,8 +7,8 @@ samples of each class drawn uniformly, `geniu_jax.geniu.selection`), the
 control that says whether entropy matters at all. Each rule is a training
 variant, so every (class, rule, seed) cell trains its own original; on it
 run GENIU as Table 1's two pinned settings (`geniu_paper`: Eq. 10, B = 1,
-100 rounds, the paper's; `geniu_margin2`: the cpu preset's objective, the
-trained B, 60 rounds), the original, and the analysis `geniu_proxies`, which
+100 rounds, the paper's; `geniu`: the cpu preset's setting, the trained B,
+150 rounds), the original, and the analysis `geniu_proxies`, which
 keeps the original's proxies g(z_k) (WORKDIR/arrays/<record key>.npz, with
 the prompts) and how many of them the original classifies as their class.
 
@@ -51,7 +51,7 @@ from geniu_jax.geniu.generator import make_proxies
 PAPER_KEY = "table10_supervision_selection_fashion_mnist"
 RULES = ("max_entropy", "min_entropy", "random")
 PROXIES = MethodSpec("proxies", "geniu_proxies")
-METHODS = (table1.ORIGINAL, table1.GENIU_MARGIN2, table1.GENIU_PAPER, PROXIES)
+METHODS = (table1.ORIGINAL, table1.GENIU_CPU, table1.GENIU_PAPER, PROXIES)
 
 
 def variants(base: tuple = ()) -> tuple[TrainVariant, ...]:

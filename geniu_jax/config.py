@@ -1,12 +1,13 @@
 """Run configuration: one frozen dataclass, three presets, CLI-style overrides.
 
-`paper` is the paper's §5 setting exactly (MNIST-style; the CIFAR-10 variants
-of §5 are applied by `for_image_shape`), Eq. 10 included. `cpu` is the largest
-setting that trains on full Fashion-MNIST in about five minutes on a 2-core
-CPU and uses the best data-free unlearning setting found on validation splits
-carved from the training data (see README, "Choosing the data-free setting"):
-not Eq. 10 but a teacher-kept retained term and a margin forget loss. `smoke` runs in
-seconds and only exists for tests.
+`paper` is the paper's §5 setting exactly (MNIST-style; `get_config` applies
+the CIFAR-10 variant of §5 on 32x32 images), Eq. 10 included. `cpu` is the
+largest setting that trains on full Fashion-MNIST in about five minutes on a
+2-core CPU, with the data-free unlearning setting chosen on validation splits
+carved from the training data across the protocol
+(`experiments.geniu_setting`): not Eq. 10 but a teacher-kept retained term, a
+margin forget loss and sharpened forgotten proxies. `smoke` runs in seconds and
+only exists for tests.
 """
 
 from __future__ import annotations
@@ -138,20 +139,22 @@ class Config:
 _PRESETS = {
     "paper": Config(preset="paper"),
     # Sized to train on the full imbalanced Fashion-MNIST in ~5 min on 2 cores.
-    # Unlearning: B = 5, 60 rounds, retained proxies held to the original's
-    # answer without the forgotten class, forgotten proxies pushed 2 logits
-    # below the rest -- the best worst case over four training runs on a
-    # validation split (`experiments.objective_study`; README, "Choosing the
-    # data-free setting"). Eq. 10 with a stop rule was the second session's.
+    # Unlearning: B = 5; retained proxies held to the original's answer without
+    # the forgotten class; forgotten proxies, and a sharpened copy of each,
+    # pushed 2 logits below the rest. The setting passed the criterion of
+    # `experiments.geniu_setting` (worst validation Acc_f over every class and
+    # run <= 0.01, then the best worst-case Acc_r / original's).
     "cpu": Config(
         preset="cpu", width=0.125, epochs=12, prompt_steps=100, generator_steps=100,
-        proxies_per_class=5, selection_source="epoch", unlearn_rounds=60,
-        retain_target="teacher", forget_loss="margin", forget_margin=2.0),
+        proxies_per_class=5, selection_source="epoch", unlearn_rounds=150,
+        unlearn_lr=1e-3, retain_target="teacher", forget_loss="margin", forget_margin=2.0,
+        sharpen_target=0.9),
     # The cpu preset's unlearning setting at a test-friendly size.
     "smoke": Config(
         preset="smoke", width=0.0625, epochs=3, batch_size=128, prompt_steps=20,
         generator_steps=20, proxies_per_class=2, selection_source="epoch",
-        unlearn_rounds=30, retain_target="teacher", forget_loss="margin", forget_margin=2.0),
+        unlearn_rounds=30, unlearn_lr=1e-3, retain_target="teacher", forget_loss="margin",
+        forget_margin=2.0, sharpen_target=0.9),
 }
 
 

@@ -27,7 +27,8 @@ def test_paper_preset_is_section_5():
       generator_lr=0.005, generator_steps=100, kl_weight=2.5e-4,
       unlearn_lr=4e-4, unlearn_rounds=100, stop_forget_prob=None,
       proxies_per_class=1, epochs=20, width=1.0, latent_dim=None,
-      selection="max_entropy", selection_source="pass")
+      selection="max_entropy", selection_source="pass",
+      retain_target="label", forget_loss="inv_ce", sharpen_target=None)  # Eq. 10
   for field, value in expected.items():
     assert getattr(cfg, field) == value, field
   # The default dataclass is the paper preset; 28x28 keeps the MNIST schedule.

@@ -169,7 +169,7 @@ def test_table10_smoke(tiny10, originals, jit_cache, tmp_path):
   rows = read_csv(tmp_path / "table_10.csv")
   assert paper_cell(rows, "acc_f", method="geniu_paper", selection="max_entropy",
                     **{"class": 9}) == pytest.approx(0.002)
-  assert paper_cell(rows, method="geniu_margin2", selection="min_entropy",
+  assert paper_cell(rows, method="geniu", selection="min_entropy",
                     **{"class": 1}) == pytest.approx(0.68)
   assert paper_cell(rows, method="geniu_paper", selection="max_entropy",
                     **{"class": "mean"}) == pytest.approx((0.796 + 0.743) / 2)
@@ -196,7 +196,7 @@ def test_table11_smoke(tiny10, originals, jit_cache, tmp_path):
       assert row["noise_started"] == reached
   rows = read_csv(tmp_path / "table_11.csv")
   assert paper_cell(rows, t="0.6", method="geniu_paper") == pytest.approx(0.7544)
-  assert paper_cell(rows, "acc_f", t="none", method="geniu_margin2") == pytest.approx(0.0002)
+  assert paper_cell(rows, "acc_f", t="none", method="geniu") == pytest.approx(0.0002)
   starts = {r["t"]: r for r in read_csv(tmp_path / "table_11_noise_start.csv")}
   assert set(starts) == {"none", "0.4", "0.6", "0.7"}
   assert float(starts["none"]["start_epoch"]) == 1.0
@@ -214,7 +214,7 @@ def test_table12_smoke(tiny10, originals, jit_cache, tmp_path):
   rows = read_csv(tmp_path / "table_12.csv")
   assert paper_cell(rows, B="1", method="geniu_paper") == pytest.approx(0.7711)
   assert paper_cell(rows, B="5", method="geniu_paper") == pytest.approx(0.8004)
-  assert paper_cell(rows, "acc_f", B="12", method="geniu_margin2") == pytest.approx(0.0013)
+  assert paper_cell(rows, "acc_f", B="12", method="geniu") == pytest.approx(0.0013)
   assert "| 10 | geniu_paper | - | 0.7971 |" in (tmp_path / "report.md").read_text()
 
 
