@@ -179,6 +179,17 @@ def _loss_and_logits(params, graphdef, stats, proxies, labels, forget_mask, obje
   return loss, logits
 
 
+def _tuning_targets(params, graphdef, stats, proxies, labels, forget, objective):
+  """(forget_mask [M], forgotten classes [K], teacher targets [M, K] or None)."""
+  forget_mask = forget_mask_for(labels, forget)
+  forgotten = forgotten_classes(forget, params["head"]["kernel"].shape[-1])
+  teacher = None
+  if objective.retain == "teacher":
+    # The teacher is the model before tuning: fixed targets, one forward.
+    teacher = teacher_targets(F.classifier_logits(graphdef, params, stats, proxies), forgotten)
+  return forget_mask, forgotten, teacher
+
+
 def tuning_step(params, opt_state, graphdef, stats, proxies: jax.Array, labels: jax.Array,
                 forget_mask: jax.Array, optimizer: optax.GradientTransformation):
   """One round of in-batch tuning: an Adam step on Eq. 10. Returns (params, opt_state, loss)."""
@@ -214,12 +225,8 @@ def in_batch_tuning(params, graphdef, stats, proxies: jax.Array, labels: jax.Arr
   """
   objective = objective.check()
   optimizer = optax.adam(lr)
-  forget_mask = forget_mask_for(labels, forget)
-  forgotten = forgotten_classes(forget, params["head"]["kernel"].shape[-1])
-  teacher = None
-  if objective.retain == "teacher":
-    # The teacher is the model before tuning: fixed targets, one forward.
-    teacher = teacher_targets(F.classifier_logits(graphdef, params, stats, proxies), forgotten)
+  forget_mask, forgotten, teacher = _tuning_targets(params, graphdef, stats, proxies, labels,
+                                                    forget, objective)
   grad_fn = jax.value_and_grad(_loss_and_logits, has_aux=True)
 
   def cond(carry):
@@ -283,11 +290,8 @@ def tuning_snapshots(params, graphdef, stats, proxies: jax.Array, labels: jax.Ar
     raise ValueError(f"rounds ({rounds}) must be a positive multiple of every ({every})")
   objective = objective.check()
   optimizer = optax.adam(lr)
-  forget_mask = forget_mask_for(labels, forget)
-  forgotten = forgotten_classes(forget, params["head"]["kernel"].shape[-1])
-  teacher = None
-  if objective.retain == "teacher":
-    teacher = teacher_targets(F.classifier_logits(graphdef, params, stats, proxies), forgotten)
+  forget_mask, forgotten, teacher = _tuning_targets(params, graphdef, stats, proxies, labels,
+                                                    forget, objective)
   grad_fn = jax.value_and_grad(_loss_and_logits, has_aux=True)
 
   def one_round(carry, _):
