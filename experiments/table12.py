@@ -71,12 +71,7 @@ def get_config(variant: str = "cpu", seeds: Sequence[int] | None = None,
   raise ValueError(f"unknown config {variant!r}")
 
 
-def _paper_of(setting: str, method: str, metric: str) -> float | None:
-  if method != "geniu":
-    return None
-  ref = R.paper()[PAPER_KEY]
-  row = ref.get(setting)
-  return None if row is None else row[ref["columns"].index(metric)]
+_paper_of = tables.geniu_row_lookup(PAPER_KEY)
 
 
 def table12(records, cfg) -> R.Section:

@@ -130,3 +130,23 @@ def replace_leaf(state, path: str, value):
   new = jax.tree_util.tree_map_with_path(swap, state)
   assert len(found) == 1, f"{path} not found exactly once in the state"
   return new
+
+
+# Experiment smoke tests (tests/test_experiments*.py) share these; module
+# scope, so each file trains its own originals once.
+@pytest.fixture(scope="module")
+def tiny10(tmp_path_factory) -> str:
+  """A 10-class 8x8 dataset (40 training images per class): seconds per original."""
+  rng = np.random.default_rng(0)
+  path = tmp_path_factory.mktemp("tiny10") / "tiny10.npz"
+  y_train, y_test = np.repeat(np.arange(10), 40), np.repeat(np.arange(10), 10)
+  # Class-dependent brightness, so the classifier has something to learn.
+  x_train = (rng.integers(0, 100, (400, 8, 8)) + 15 * y_train[:, None, None]).astype(np.uint8)
+  x_test = (rng.integers(0, 100, (100, 8, 8)) + 15 * y_test[:, None, None]).astype(np.uint8)
+  np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+  return f"npz:{path}"
+
+
+@pytest.fixture(scope="module")
+def originals(tmp_path_factory):
+  return tmp_path_factory.mktemp("originals")

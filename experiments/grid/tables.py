@@ -79,6 +79,20 @@ def settings_table(records: Sequence[dict], cfg: spec_lib.GridConfig, *,
   return R.Section(md + (f"\n\n{note}" if note else ""), csv_rows)
 
 
+def geniu_row_lookup(paper_key: str) -> Callable[[str, str, str], float | None]:
+  """`paper_of` for the appendix tables that list GENIU alone as one
+  [acc_r, acc_f] row per setting (Tables 11 and 12 of paper_results.json)."""
+
+  def paper_of(setting: str, method: str, metric: str) -> float | None:
+    if method != "geniu":
+      return None
+    ref = R.paper()[paper_key]
+    row = ref.get(setting)
+    return None if row is None else row[ref["columns"].index(metric)]
+
+  return paper_of
+
+
 def _span(records: Sequence[dict]) -> str:
   if not records:
     return "0"
