@@ -76,13 +76,9 @@ def curve(ctx: runner.Context, every: int) -> tuple[F.SplitModel, dict]:
   proxies = _proxies(original.generator, prompts)
   labels = prompt_lib.prompt_labels(num_classes, per_class)
   forget_ids = jnp.asarray(forget, jnp.int32)
-  sharpen = sharpen_lib.settings_from_config(cfg)
-  if sharpen is not None:  # the batch the `geniu` method tunes on
-    target, step, steps = sharpen
-    proxies, labels = sharpen_lib.with_sharpened(
-        cls.graphdef, cls.params, cls.stats, proxies, labels,
-        unlearn_lib.forget_mask_for(labels, forget_ids), target=target, step=step,
-        steps=steps, num_forget=len(forget) * per_class)
+  # The batch the `geniu` method tunes on.
+  proxies, labels = sharpen_lib.tuning_batch(cls.graphdef, cls.params, cls.stats, proxies,
+                                             labels, forget_ids, sharpen_lib.from_config(cfg))
   snapshots = unlearn_lib.tuning_snapshots(
       cls.params, cls.graphdef, cls.stats, proxies, labels, forget_ids,
       rounds=cfg.unlearn_rounds, lr=cfg.unlearn_lr, every=every,

@@ -45,6 +45,7 @@ from experiments.grid import main as grid_main
 from experiments.grid import report as R
 from experiments.grid import runner
 from experiments.grid.spec import GridConfig, MethodSpec, overrides
+from geniu_jax.geniu import sharpen as sharpen_lib
 from geniu_jax.geniu.generator import make_proxies
 from geniu_jax.geniu.prompts import prompt_labels
 from geniu_jax.models import functional as F
@@ -52,26 +53,35 @@ from geniu_jax.models import functional as F
 PASS_ACC_F = 0.01
 
 
-def candidate(margin: float, rounds: int, lr: float, sharpen: float | None = None) -> MethodSpec:
-  label = f"geniu_m{margin:g}_r{rounds}_lr{lr:g}" + (f"_sharp{sharpen:g}" if sharpen else "")
+def candidate(margin: float, rounds: int, lr: float, sharpen: float | None = None,
+              mode: str = "forgotten", steps: int = 30) -> MethodSpec:
+  label = (f"geniu_m{margin:g}_r{rounds}_lr{lr:g}" + (f"_sharp{sharpen:g}" if sharpen else "")
+           + ("_all" if mode == "all" else ""))
   return MethodSpec(label, "geniu", overrides(
       retain_target="teacher", forget_loss="margin", forget_margin=margin,
-      unlearn_rounds=rounds, unlearn_lr=lr, stop_forget_prob=None, sharpen_target=sharpen))
+      unlearn_rounds=rounds, unlearn_lr=lr, stop_forget_prob=None, sharpen_target=sharpen,
+      sharpen_mode=mode, sharpen_steps=steps))
 
 
-# Margin x rounds x Adam's learning rate x sharpening (`geniu.sharpen`). On the
-# first two originals (Fashion-MNIST classes 0 and 1, seed 0; validation
-# Acc_f), more optimisation alone forgot class 0 (0.43 kept after 60 rounds at
-# 4e-4, 0.000 after 300) but not class 1 (0.91 -> 0.13 after 300 rounds at
-# 1e-3): the proxy diagnostics show why -- its forgotten proxies are boundary
-# samples the original gives the class 0.15, and only 9 % of its real images
-# are nearest to them. Sharpened copies of the forgotten proxies forgot class 1
-# after 60 rounds at 4e-4 (to p = 0.9: 0.038 kept, Acc_r 0.829; to p ~ 1:
-# 0.000, Acc_r 0.804; original 0.856). The candidates span that trade-off.
-CANDIDATES = (candidate(4.0, 300, 1e-3),
-              candidate(2.0, 60, 4e-4, 0.99), candidate(2.0, 60, 4e-4, 0.999),
-              candidate(2.0, 60, 4e-4, 0.9999), candidate(2.0, 150, 1e-3, 0.9),
-              candidate(2.0, 150, 1e-3, 0.99))
+# Every proxy sharpened toward the forgotten class, with retained anchors
+# (`geniu.sharpen`, mode `all`), at the margin, Adam rate and sharpening
+# target of the `forgotten`-mode setting it extends; 60 steps, because a
+# proxy of another class has further to go than one of the class itself.
+# Varied: the number of rounds and the target.
+CANDIDATES = (candidate(2.0, 150, 1e-3, 0.9, "all", 60),
+              candidate(2.0, 60, 1e-3, 0.9, "all", 60),
+              candidate(2.0, 150, 1e-3, 0.99, "all", 60))
+# Settings that already fail the criterion (worst validation Acc_f > 0.01 on
+# some cell; more cells cannot lower a maximum), run on Fashion-MNIST classes
+# 0-9 and MNIST classes 0-2, seed 0, and kept in the store: margin 4 with
+# 300 rounds at 1e-3 (worst 0.338), and `forgotten`-mode sharpening to 0.99,
+# 0.999 or 0.9999 with 60 rounds at 4e-4, or to 0.9 or 0.99 with 150 rounds at
+# 1e-3 (worst 0.340-0.516, all on MNIST class 2). The last but one is the
+# `cpu` preset's previous setting, run on every cell for comparison.
+PREVIOUS = candidate(2.0, 150, 1e-3, 0.9)
+FAILED = (candidate(4.0, 300, 1e-3),
+          candidate(2.0, 60, 4e-4, 0.99), candidate(2.0, 60, 4e-4, 0.999),
+          candidate(2.0, 60, 4e-4, 0.9999), PREVIOUS, candidate(2.0, 150, 1e-3, 0.99))
 
 
 DIAGNOSTICS = MethodSpec("proxy_diagnostics", "proxy_diagnostics")
@@ -80,7 +90,8 @@ DIAGNOSTICS = MethodSpec("proxy_diagnostics", "proxy_diagnostics")
 def get_config(variant: str = "cpu") -> GridConfig:
   base = table1.get_config(variant)
   return base.replace(name="geniu_setting", methods=(
-      table1.ORIGINAL, DIAGNOSTICS, table1.GENIU_MARGIN2) + CANDIDATES)
+      table1.ORIGINAL, DIAGNOSTICS, BATCH_DIAGNOSTICS, table1.GENIU_MARGIN2, PREVIOUS)
+      + CANDIDATES)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -110,10 +121,7 @@ def proxy_diagnostics(ctx: runner.Context):
   real = data.x_val[np.isin(data.y_val, forget)]
   p_real, f_real = _penultimate(c.graphdef, c.params, c.stats, jnp.asarray(real))
 
-  def unit(v):
-    return v / (jnp.linalg.norm(v, axis=-1, keepdims=True) + 1e-12)
-
-  nearest = labels[np.asarray(jnp.argmax(unit(f_real) @ unit(f_proxy).T, axis=-1))]
+  nearest = labels[np.asarray(jnp.argmax(_unit(f_real) @ _unit(f_proxy).T, axis=-1))]
   is_f = np.isin(labels, forget)
   own = np.asarray(p_proxy)[np.arange(len(labels)), labels]
   return None, {
@@ -123,6 +131,49 @@ def proxy_diagnostics(ctx: runner.Context):
       "coverage": float(np.isin(nearest, forget).mean()),
       "nearest_proxy_class": np.bincount(nearest, minlength=k).tolist(),
   }
+
+
+BATCH_DIAGNOSTICS = MethodSpec("batch_diagnostics", "batch_diagnostics")
+# The tuning batches compared: the paper's, and the two sharpening modes at
+# the candidates' target and step counts.
+BATCHES = {"proxies": None,
+           "forgotten": sharpen_lib.Sharpening(0.9, 0.01, 30, "forgotten"),
+           "all": sharpen_lib.Sharpening(0.9, 0.01, 60, "all")}
+
+
+@runner.register_analysis("batch_diagnostics")
+def batch_diagnostics(ctx: runner.Context):
+  """Coverage of the forgotten class by each tuning batch (validation images).
+
+  For the paper's batch and each sharpening mode: the share of the class's
+  real validation images whose nearest batch image (cosine distance of the
+  original's pooled last-block features) is labelled with a forgotten class
+  -- i.e. is pushed out of the class by tuning -- and the mean probability
+  the original gives those batch images their forgotten label.
+  """
+  ck, data, forget = ctx.original, ctx.data, list(ctx.cell.forget)
+  c, g = ck.classifier, ck.generator
+  k = data.num_classes
+  proxies = make_proxies(g.graphdef, g.params, ck.prompts)
+  labels = prompt_labels(k, ck.prompts.shape[0] // k)
+  _, f_real = _penultimate(c.graphdef, c.params, c.stats,
+                           jnp.asarray(data.x_val[np.isin(data.y_val, forget)]))
+  out = {}
+  for name, sharpening in BATCHES.items():
+    x, y = sharpen_lib.tuning_batch(c.graphdef, c.params, c.stats, proxies, labels,
+                                    jnp.asarray(forget, jnp.int32), sharpening)
+    p, f = _penultimate(c.graphdef, c.params, c.stats, x)
+    y = np.asarray(y)
+    nearest = y[np.asarray(jnp.argmax(_unit(f_real) @ _unit(f).T, axis=-1))]
+    gone = np.isin(y, forget)
+    out[f"coverage_{name}"] = float(np.isin(nearest, forget).mean())
+    out[f"forgotten_rows_{name}"] = int(gone.sum())
+    out[f"forgotten_rows_prob_{name}"] = float(np.asarray(p)[np.arange(len(y)), y][gone].mean())
+  return None, out
+
+
+def _unit(v):
+  return v / (jnp.linalg.norm(v, axis=-1, keepdims=True) + 1e-12)
 
 
 def scores(records, cfg, split: str = "val_") -> list[dict]:

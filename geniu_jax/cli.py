@@ -15,7 +15,8 @@ from typing import Sequence
 from geniu_jax import checkpoint as ckpt_lib
 from geniu_jax import compile_cache
 from geniu_jax import data as data_lib
-from geniu_jax.config import FORGET_LOSSES, PRESETS, RETAIN_TARGETS, Config, get_config
+from geniu_jax.config import (FORGET_LOSSES, PRESETS, RETAIN_TARGETS, SHARPEN_MODES, Config,
+                              get_config)
 from geniu_jax.models.conv import LOWERINGS
 
 EXIT_USAGE = 2
@@ -85,11 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
                  help="logit margin of --forget-loss margin")
   sharp = p.add_mutually_exclusive_group()
   sharp.add_argument("--sharpen-target", type=float, dest="sharpen_target", metavar="P",
-                     help="add a copy of each forgotten proxy sharpened until the original "
-                          "gives it its class with probability >= P (default: the "
-                          "checkpoint's config)")
+                     help="add proxies sharpened until the original gives them the class with "
+                          "probability >= P (default: the checkpoint's config)")
   sharp.add_argument("--no-sharpen", action="store_true", dest="no_sharpen",
                      help="tune on the generator's proxies as they are (the paper)")
+  p.add_argument("--sharpen-mode", choices=SHARPEN_MODES, dest="sharpen_mode",
+                 help="forgotten: sharpen the forgotten proxies toward their class; all: every "
+                      "proxy toward the forgotten class, retained ones also toward their own "
+                      "(default: the checkpoint's config)")
   p.add_argument("--out", required=True)
   p.add_argument("--json", action="store_true")
 
@@ -180,16 +184,17 @@ def cmd_unlearn(args) -> int:
   rounds, lr, stop = cfg.unlearn_rounds, cfg.unlearn_lr, cfg.stop_forget_prob
   objective = unlearn_lib.objective_from_config(cfg)
   from geniu_jax.geniu import sharpen as sharpen_lib
-  sharpen = sharpen_lib.settings_from_config(cfg)
+  sharpen = sharpen_lib.from_config(cfg)
   _log(f"GENIU in-batch tuning: forget {list(forget)}, up to {rounds} rounds, lr {lr}, "
        f"stop rule {'off' if stop is None else f'mean forgotten-proxy prob <= {stop}'}, "
-       f"objective {objective.describe()}, sharpened forgotten proxies "
-       f"{'off' if sharpen is None else f'to p >= {sharpen[0]:g}'}")
+       f"objective {objective.describe()}, sharpened proxies "
+       f"{'off' if sharpen is None else f'({sharpen.mode}) to p >= {sharpen.target:g}'}")
   out = runs.geniu_unlearn_timed(ck.classifier, ck.generator, prompts, forget,
                                  rounds=rounds, lr=lr, stop_forget_prob=stop,
                                  objective=objective, sharpen=sharpen)
   report = {"method": "geniu", "forget": list(forget), "rounds_run": out.rounds_run,
             "objective": objective._asdict(), "sharpen_target": cfg.sharpen_target,
+            "sharpen_mode": cfg.sharpen_mode,
             "proxies": int(prompts.shape[0]),
             "unlearn_ms": round(out.unlearn_ms, 3), "compile_ms": round(out.compile_ms, 3)}
   new_meta = dict(meta, unlearned=report)

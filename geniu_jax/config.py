@@ -20,6 +20,7 @@ PRESETS = ("smoke", "cpu", "paper")
 # In-batch tuning objectives (geniu.unlearn.Objective); the first of each is Eq. 10.
 RETAIN_TARGETS = ("label", "teacher")
 FORGET_LOSSES = ("inv_ce", "margin")
+SHARPEN_MODES = ("forgotten", "all")  # see geniu.sharpen
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +65,9 @@ class Config:
       it its class with at least this probability (`geniu.sharpen`).
     sharpen_step: the L-infinity size of one sharpening step.
     sharpen_steps: the most sharpening steps.
+    sharpen_mode: `forgotten` (the forgotten proxies are sharpened toward
+      their class) or `all` (every proxy toward a forgotten class, and each
+      retained proxy toward its own class as an anchor); `geniu.sharpen`.
     retain_target: in-batch tuning's target on retained proxies: `label`
       (Eq. 10) or `teacher` (the original model's softmax with the forgotten
       classes removed); see `geniu.unlearn.Objective`.
@@ -96,6 +100,7 @@ class Config:
   sharpen_target: float | None = None
   sharpen_step: float = 0.01
   sharpen_steps: int = 30
+  sharpen_mode: str = "forgotten"
   retain_target: str = "label"
   forget_loss: str = "inv_ce"
   forget_margin: float = 2.0
@@ -116,6 +121,8 @@ class Config:
                           or not 0 < p < 1):
       raise ValueError(f"sharpen_target must be a probability in (0, 1) (or None for the "
                        f"generator's proxies as they are), got {p!r}")
+    if self.sharpen_mode not in SHARPEN_MODES:
+      raise ValueError(f"sharpen_mode must be one of {SHARPEN_MODES}, got {self.sharpen_mode!r}")
 
   def replace(self, **overrides: Any) -> "Config":
     """Returns a copy with the non-None overrides applied."""

@@ -53,7 +53,7 @@ def run(log: Callable[[str], None] | None = print, preset: str = "cpu", **overri
       original.classifier, original.generator, original.prompts, forget,
       rounds=cfg.unlearn_rounds, lr=cfg.unlearn_lr, stop_forget_prob=cfg.stop_forget_prob,
       objective=unlearn_lib.objective_from_config(cfg),
-      sharpen=sharpen_lib.settings_from_config(cfg))
+      sharpen=sharpen_lib.from_config(cfg))
 
   def score(classifier):
     r = runs.evaluate(classifier, data.x_test, data.y_test, data.num_classes, forget)

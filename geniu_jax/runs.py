@@ -124,7 +124,7 @@ def geniu_unlearn_timed(classifier: F.SplitModel, generator: F.SplitModel, promp
                         forget: Sequence[int], *, rounds: int, lr: float,
                         stop_forget_prob: float | None,
                         objective: unlearn_lib.Objective = unlearn_lib.EQ10,
-                        sharpen: tuple[float, float, int] | None = None) -> UnlearnOutcome:
+                        sharpen=None) -> UnlearnOutcome:
   """Alg. 2 with compilation (AOT) and execution timed separately."""
   fn = unlearn_lib.make_unlearn_fn(classifier.graphdef, generator.graphdef, rounds=rounds,
                                    lr=lr, stop_forget_prob=stop_forget_prob,

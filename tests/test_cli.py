@@ -387,10 +387,12 @@ def test_unlearn_sharpen_flags(smoke_run, tmp_path, capsys):
   a = smoke_run[0]
   out = tmp_path / "sharp"
   rc, text = _main_capturing_stdout(["unlearn", "--ckpt", a, "--forget", "9", "--out", out,
-                                     "--sharpen-target", "0.9", "--rounds", "3", "--json"])
+                                     "--sharpen-target", "0.9", "--sharpen-mode", "all",
+                                     "--rounds", "3", "--json"])
   assert rc == 0
   report = json.loads(text.strip().splitlines()[-1])
   assert report["sharpen_target"] == 0.9 and report["rounds_run"] == 3
+  assert report["sharpen_mode"] == "all"
   capsys.readouterr()
   bad = tmp_path / "bad_sharp"
   rc, _, err = run_cli(capsys, "unlearn", "--ckpt", a, "--forget", "9", "--out", bad,

@@ -1,4 +1,4 @@
-"""Tests for geniu_jax.geniu.sharpen: sharpened forgotten proxies."""
+"""Tests for geniu_jax.geniu.sharpen: sharpened proxies in the tuning batch."""
 
 from __future__ import annotations
 
@@ -52,24 +52,70 @@ def test_sharpen_jit_equals_eager(tiny_classifier):
   np.testing.assert_allclose(np.asarray(eager), np.asarray(jitted), atol=1e-6)
 
 
-def test_with_sharpened_appends_a_copy_of_each_forgotten_proxy(tiny_classifier):
+def _batch(per_class=2, seed=5):
+  proxies = jnp.clip(normal(seed, (TINY_K * per_class, *TINY_SHAPE), 0.2) + 0.5, 0.0, 1.0)
+  return proxies, jnp.tile(jnp.arange(TINY_K, dtype=jnp.int32), per_class)
+
+
+def test_tuning_batch_forgotten_mode_appends_a_copy_of_each_forgotten_proxy(tiny_classifier):
   c = tiny_classifier
-  per_class = 2
-  proxies = jnp.clip(normal(5, (TINY_K * per_class, *TINY_SHAPE), 0.2) + 0.5, 0.0, 1.0)
-  labels = jnp.tile(jnp.arange(TINY_K, dtype=jnp.int32), per_class)
-  forget_mask = labels == 1
-  out, out_labels = sharpen_lib.with_sharpened(
-      c.graphdef, c.params, c.stats, proxies, labels, forget_mask, target=0.9, step=0.01,
-      steps=3, num_forget=per_class)
-  assert out.shape == (TINY_K * per_class + per_class, *TINY_SHAPE)
+  proxies, labels = _batch()
+  out, out_labels = sharpen_lib.tuning_batch(
+      c.graphdef, c.params, c.stats, proxies, labels, jnp.asarray([1], jnp.int32),
+      sharpen_lib.Sharpening(0.9, 0.01, 3, "forgotten"))
+  assert out.shape == (len(labels) + 2, *TINY_SHAPE)
   np.testing.assert_array_equal(np.asarray(out[: len(labels)]), np.asarray(proxies))
   assert np.asarray(out_labels).tolist() == np.asarray(labels).tolist() + [1, 1]
 
 
-def test_settings_from_config_and_validation():
-  assert sharpen_lib.settings_from_config(get_config("paper")) is None
+@pytest.mark.parametrize("jit", [False, True])
+def test_tuning_batch_all_mode_turns_every_proxy_and_anchors_the_retained(tiny_classifier, jit):
+  c = tiny_classifier
+  proxies, labels = _batch()
+  forget = jnp.asarray([1, 3], jnp.int32)
+  sharpening = sharpen_lib.Sharpening(0.99, 0.02, 20, "all")
+
+  def run(proxies, labels, forget):
+    return sharpen_lib.tuning_batch(c.graphdef, c.params, c.stats, proxies, labels, forget,
+                                    sharpening)
+
+  out, out_labels = (jax.jit(run) if jit else run)(proxies, labels, forget)
+  m = len(labels)
+  kept = ~np.isin(np.asarray(labels), [1, 3])
+  assert out.shape == (m + m + kept.sum(), *TINY_SHAPE)
+  np.testing.assert_array_equal(np.asarray(out[:m]), np.asarray(proxies))
+  toward = np.asarray(out_labels[m:2 * m])
+  # Forgotten proxies keep their class; retained ones take the forgotten classes in turn.
+  assert np.all(np.isin(toward, [1, 3]))
+  np.testing.assert_array_equal(toward[~kept], np.asarray(labels)[~kept])
+  assert set(toward[kept].tolist()) == {1, 3}
+  # Anchors: the retained proxies, in order, labelled with their own class.
+  np.testing.assert_array_equal(np.asarray(out_labels[2 * m:]), np.asarray(labels)[kept])
+  # Turned copies moved toward their new class; anchors toward their own.
+  before = _prob(c, proxies, jnp.asarray(toward))
+  after = _prob(c, out[m:2 * m], jnp.asarray(toward))
+  assert np.all(after >= before - 1e-6) and np.any(after > before)
+  anchor_before = _prob(c, proxies[kept], labels[kept])
+  anchor_after = _prob(c, out[2 * m:], labels[kept])
+  assert np.all(anchor_after >= anchor_before - 1e-6)
+
+
+def test_tuning_batch_without_sharpening_is_the_papers_batch(tiny_classifier):
+  c = tiny_classifier
+  proxies, labels = _batch()
+  out, out_labels = sharpen_lib.tuning_batch(c.graphdef, c.params, c.stats, proxies, labels,
+                                             jnp.asarray([1], jnp.int32), None)
+  assert out is proxies and out_labels is labels
+
+
+def test_from_config_and_validation():
+  assert sharpen_lib.from_config(get_config("paper")) is None
   cfg = get_config("paper", sharpen_target=0.9)
-  assert sharpen_lib.settings_from_config(cfg) == (0.9, 0.01, 30)
+  assert sharpen_lib.from_config(cfg) == (0.9, 0.01, 30, "forgotten")
+  cfg = get_config("paper", sharpen_target=0.9, sharpen_mode="all")
+  assert sharpen_lib.from_config(cfg).mode == "all"
   for bad in (0.0, 1.0, 1.5, float("nan"), True, "0.9"):
     with pytest.raises(ValueError, match="sharpen_target"):
       get_config("paper", sharpen_target=bad)
+  with pytest.raises(ValueError, match="sharpen_mode"):
+    get_config("paper", sharpen_mode="some")

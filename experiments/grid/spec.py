@@ -26,7 +26,7 @@ Overrides = tuple[tuple[str, Any], ...]
 # Config fields read only by unlearning: not part of an original's key.
 UNLEARNING_FIELDS = ("unlearn_lr", "unlearn_rounds", "stop_forget_prob", "retain_target",
                      "forget_loss", "forget_margin", "sharpen_target", "sharpen_step",
-                     "sharpen_steps")
+                     "sharpen_steps", "sharpen_mode")
 # Methods and analyses that never read the unlearning fields: their records
 # keep their keys when a preset's unlearning setting changes (a retrain is
 # minutes of CPU). Anything not listed is keyed on every field, the safe side.

@@ -1,42 +1,65 @@
-"""Sharpened forgotten proxies: the class's core, not its boundary, as the original sees it.
+"""Sharpened proxies: the class's core, not its boundary, as the original sees it.
 
 GENIU's generator maps each prompt to its class's most *ambiguous* training
-sample (max-entropy supervision, §4.4): good retained proxies, because
-in-batch tuning must keep the retained classes' boundaries, but poor
-forgotten ones. Measured on the originals of `experiments.geniu_setting`
-(Fashion-MNIST, validation images): the original gives the forgotten
-proxies their class with probability 0.15-0.32, against 0.93-0.99 for the
-class's real images, and only 2-9 % of the real images have one of the
-class's own proxies as their nearest proxy. Tuning pushes these boundary
-proxies out of the class within a few rounds and then has nothing left to
-push, while most real images of the class stay in it (Acc_f 0.43 and 0.91
-after 60 rounds on two of them).
+sample (max-entropy supervision, §4.4): tuning on those proxies alone moves
+the classifier where the proxies are, at the classes' boundaries, and often
+leaves the forgotten class's real images where they were
+(`experiments/results/geniu_setting` has the diagnostics).
 
-`sharpen` moves each forgotten proxy, before tuning, by signed-gradient steps
-on the original's log-probability of its class (the update of
-Goodfellow et al.'s FGSM, iterated and clipped to the image range) until the
-original gives it that class with probability >= `target`, at most `steps`
-steps. The sharpened copies carry the features by which the original
-recognises the class -- what unlearning has to remove. Only the original
-model and the proxies are read: the unlearning phase stays data-free.
+`sharpen` moves images, before tuning, by signed-gradient steps on the
+original's log-probability of a class (the update of Goodfellow et al.'s
+FGSM, iterated and clipped to the image range) until the original gives them
+that class with probability >= `target`, at most `steps` steps. Only the
+original model and the proxies are read: the unlearning phase stays
+data-free. Two ways of adding sharpened copies to the tuning batch
+(`Sharpening.mode`):
+
+* `forgotten`: a copy of every forgotten proxy, sharpened toward its class.
+* `all`: a copy of EVERY proxy sharpened toward a forgotten class -- the
+  features by which the original turns an image of any class into the
+  forgotten one, seen from every class rather than from one corner of it --
+  plus an *anchor* per retained proxy, sharpened toward its own class and
+  kept by the retained term, so that pushing the forgotten class out does
+  not move the retained classes' cores.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 
+from geniu_jax.config import SHARPEN_MODES
 from geniu_jax.models import functional as F
+
+MODES = SHARPEN_MODES
+
+
+class Sharpening(NamedTuple):
+  """How the tuning batch is extended (hashable: a static jit argument).
+
+  Attributes:
+    target: stop moving an image once the original gives it the class with
+      at least this probability.
+    step: L-infinity size of one signed-gradient step.
+    steps: the most steps.
+    mode: `forgotten` or `all` (module docstring).
+  """
+  target: float
+  step: float
+  steps: int
+  mode: str = "forgotten"
 
 
 def sharpen(graphdef, params, stats, x: jax.Array, labels: jax.Array, *, target: float,
             step: float, steps: int) -> jax.Array:
-  """Moves images toward the classifier's confident answer for their labels.
+  """Moves images toward the classifier's confident answer for `labels`.
 
   Args:
     graphdef, params, stats: the original classifier (eval mode).
-    x: [N, H, W, C] images in [0, 1] (the forgotten proxies).
-    labels: [N] the class each image should be confidently.
+    x: [N, H, W, C] images in [0, 1].
+    labels: [N] the class each image should become, confidently.
     target: stop moving an image once p(label | image) >= target.
     step: L-infinity size of one step.
     steps: the most steps (static).
@@ -59,22 +82,50 @@ def sharpen(graphdef, params, stats, x: jax.Array, labels: jax.Array, *, target:
   return x
 
 
-def with_sharpened(graphdef, params, stats, proxies: jax.Array, labels: jax.Array,
-                   forget_mask: jax.Array, *, target: float, step: float, steps: int,
-                   num_forget: int) -> tuple[jax.Array, jax.Array]:
-  """The proxy batch with a sharpened copy of every forgotten proxy appended.
+def tuning_batch(graphdef, params, stats, proxies: jax.Array, labels: jax.Array,
+                 forget: jax.Array, sharpening: Sharpening | None
+                 ) -> tuple[jax.Array, jax.Array]:
+  """The proxy batch in-batch tuning runs on, with its labels.
 
-  `num_forget` (static) is the number of forgotten proxies, so the batch has
-  a static shape: the forgotten rows are gathered by a stable argsort.
+  Args:
+    graphdef, params, stats: the original classifier.
+    proxies: [M, H, W, C] the generator's proxies; labels: [M] their classes.
+    forget: [F] int, the forgotten classes.
+    sharpening: None keeps the paper's batch.
+
+  Returns:
+    (proxies, labels), the sharpened copies appended. `mode="forgotten"`
+    adds the forgotten rows again; `mode="all"` adds M rows labelled with a
+    forgotten class (the retained ones take the forgotten classes in turn)
+    and one anchor per retained proxy, labelled with its own class. Every
+    count is static: rows are gathered by stable argsorts of the mask.
   """
-  rows = jnp.argsort(~forget_mask, stable=True)[:num_forget]
-  sharp = sharpen(graphdef, params, stats, proxies[rows], labels[rows], target=target,
-                  step=step, steps=steps)
-  return jnp.concatenate([proxies, sharp]), jnp.concatenate([labels, labels[rows]])
+  if sharpening is None:
+    return proxies, labels
+  is_forgotten = jnp.any(labels[:, None] == forget[None, :], axis=-1)
+  # Labels tile the classes (`prompts.prompt_labels`): each class has M / K rows.
+  num_forget = forget.shape[0] * (proxies.shape[0] // params["head"]["kernel"].shape[-1])
+  kw = dict(target=sharpening.target, step=sharpening.step, steps=sharpening.steps)
+  gone_rows = jnp.argsort(~is_forgotten, stable=True)[:num_forget]
+  if sharpening.mode == "forgotten":
+    sharp = sharpen(graphdef, params, stats, proxies[gone_rows], labels[gone_rows], **kw)
+    return jnp.concatenate([proxies, sharp]), jnp.concatenate([labels, labels[gone_rows]])
+  if sharpening.mode != "all":
+    raise ValueError(f"unknown sharpening mode {sharpening.mode!r}; expected one of {MODES}")
+  # The retained rows take the forgotten classes in turn (counting retained rows only,
+  # so every forgotten class gets its share whatever K and |forget| are).
+  turn = forget[(jnp.cumsum(~is_forgotten) - 1) % forget.shape[0]]
+  toward = jnp.where(is_forgotten, labels, turn).astype(labels.dtype)
+  kept_rows = jnp.argsort(is_forgotten, stable=True)[:proxies.shape[0] - num_forget]
+  sharp = sharpen(graphdef, params, stats, proxies, toward, **kw)
+  anchors = sharpen(graphdef, params, stats, proxies[kept_rows], labels[kept_rows], **kw)
+  return (jnp.concatenate([proxies, sharp, anchors]),
+          jnp.concatenate([labels, toward, labels[kept_rows]]))
 
 
-def settings_from_config(cfg) -> tuple[float, float, int] | None:
-  """(target, step, steps) of a Config, or None when sharpening is off."""
+def from_config(cfg) -> Sharpening | None:
+  """The `Sharpening` a Config asks for, or None when sharpening is off."""
   if cfg.sharpen_target is None:
     return None
-  return float(cfg.sharpen_target), float(cfg.sharpen_step), int(cfg.sharpen_steps)
+  return Sharpening(float(cfg.sharpen_target), float(cfg.sharpen_step), int(cfg.sharpen_steps),
+                    cfg.sharpen_mode)

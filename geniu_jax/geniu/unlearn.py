@@ -314,22 +314,18 @@ def unlearn(classifier: F.SplitModel, generator: F.SplitModel, prompts: jax.Arra
             forget: jax.Array, *, rounds: int, lr: float,
             stop_forget_prob: float | None = None,
             objective: Objective = EQ10,
-            sharpen: tuple[float, float, int] | None = None) -> tuple[F.SplitModel, TuningInfo]:
+            sharpen: sharpen_lib.Sharpening | None = None) -> tuple[F.SplitModel, TuningInfo]:
   """Alg. 2 end to end: x' = g(z), then in-batch tuning. Uses no training data.
 
-  `sharpen` = (target, step, steps) adds a sharpened copy of every forgotten
-  proxy to the batch first (`geniu.sharpen`); None keeps the paper's batch.
+  `sharpen` adds sharpened copies of proxies to the batch first
+  (`geniu.sharpen`); None keeps the paper's batch.
   """
   num_classes = classifier.params["head"]["kernel"].shape[-1]
   labels = prompt_labels(num_classes, prompts.shape[0] // num_classes)
   proxies = make_proxies(generator.graphdef, generator.params, prompts)
   forget = jnp.asarray(forget, jnp.int32)
-  if sharpen is not None:
-    target, step, steps = sharpen
-    proxies, labels = sharpen_lib.with_sharpened(
-        classifier.graphdef, classifier.params, classifier.stats, proxies, labels,
-        forget_mask_for(labels, forget), target=target, step=step, steps=steps,
-        num_forget=forget.shape[0] * (prompts.shape[0] // num_classes))
+  proxies, labels = sharpen_lib.tuning_batch(classifier.graphdef, classifier.params,
+                                             classifier.stats, proxies, labels, forget, sharpen)
   params, info = in_batch_tuning(
       classifier.params, classifier.graphdef, classifier.stats, proxies, labels,
       forget, rounds=rounds, lr=lr,
@@ -339,7 +335,7 @@ def unlearn(classifier: F.SplitModel, generator: F.SplitModel, prompts: jax.Arra
 
 def make_unlearn_fn(classifier_graphdef, generator_graphdef, *, rounds: int, lr: float,
                     stop_forget_prob: float | None = None, objective: Objective = EQ10,
-                    sharpen: tuple[float, float, int] | None = None):
+                    sharpen: sharpen_lib.Sharpening | None = None):
   """A jitted `(cls_params, cls_stats, gen_params, prompts, forget) -> (params, info)`.
 
   Graphdefs and hyperparameters are closed over (static), so repeated calls

@@ -90,11 +90,11 @@ def impair_repair(params, graphdef, stats, proxies: jax.Array, labels: jax.Array
 def _program(cls_graphdef, gen_graphdef, proxy: str, tuning: str, num_classes: int,
              per_class: int, image_shape: tuple, prompt_lr: float, prompt_steps: int,
              rounds: int, lr: float, stop: float | None, objective: unlearn_lib.Objective,
-             sharpen: tuple[float, float, int] | None):
+             sharpen: sharpen_lib.Sharpening | None):
   """A jitted `(cls_params, cls_stats, source, forget) -> (params, info)`.
 
   `source` is (gen_params, prompts) for GENIU proxies, raw key data for post
-  ones; `sharpen` is (target, step, steps) or None (see `geniu.sharpen`).
+  ones; `sharpen` extends the batch (`geniu.sharpen`) or is None.
   """
 
   def fn(cls_params, cls_stats, source, forget):
@@ -110,12 +110,8 @@ def _program(cls_graphdef, gen_graphdef, proxy: str, tuning: str, num_classes: i
                                           num_classes, optimizer, prompt_steps)
       proxies = state.z
       labels = prompt_lib.prompt_labels(num_classes, per_class)
-    if sharpen is not None:
-      target, step, steps = sharpen
-      proxies, labels = sharpen_lib.with_sharpened(
-          cls_graphdef, cls_params, cls_stats, proxies, labels,
-          unlearn_lib.forget_mask_for(labels, forget), target=target, step=step, steps=steps,
-          num_forget=forget.shape[0] * (proxies.shape[0] // num_classes))
+    proxies, labels = sharpen_lib.tuning_batch(cls_graphdef, cls_params, cls_stats, proxies,
+                                               labels, forget, sharpen)
     if tuning == "in_batch":
       params, trace = unlearn_lib.in_batch_tuning(
           cls_params, cls_graphdef, cls_stats, proxies, labels, forget,
@@ -155,7 +151,7 @@ def unlearn_with_proxies(grant: Grant, cfg: Config, key: jax.Array, *, proxy: st
   fn = _program(classifier.graphdef, gen_graphdef, proxy, tuning, grant.num_classes,
                 cfg.proxies_per_class, tuple(grant.image_shape), cfg.prompt_lr,
                 cfg.prompt_steps * cfg.epochs, cfg.unlearn_rounds, cfg.unlearn_lr, stop,
-                unlearn_lib.objective_from_config(cfg), sharpen_lib.settings_from_config(cfg))
+                unlearn_lib.objective_from_config(cfg), sharpen_lib.from_config(cfg))
   params, info = jax.block_until_ready(
       watch.run(fn, classifier.params, classifier.stats, source, forget))
   report = {"proxy": proxy, "tuning": tuning,

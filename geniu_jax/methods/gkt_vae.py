@@ -70,7 +70,7 @@ def pick_per_class(probs: jax.Array, per_class: int) -> tuple[jax.Array, jax.Arr
 @functools.lru_cache(maxsize=None)
 def _program(cls_graphdef, gkt_graphdef, vae_graphdef, num_classes: int, per_class: int,
              batches: int, batch_size: int, rounds: int, lr: float, stop: float | None,
-             objective: unlearn_lib.Objective, sharpen: tuple[float, float, int] | None):
+             objective: unlearn_lib.Objective, sharpen: sharpen_lib.Sharpening | None):
   """Steps 2-4 (module docstring), jitted:
   `(cls_params, cls_stats, gkt_params, vae_params, key_data, forget) -> (params, info)`."""
 
@@ -86,12 +86,9 @@ def _program(cls_graphdef, gkt_graphdef, vae_graphdef, num_classes: int, per_cla
     idx, assigned = pick_per_class(probs, per_class)
     labels = prompt_labels(num_classes, per_class)
     proxies = make_proxies(vae_graphdef, vae_params, noise[idx])
-    if sharpen is not None:  # as the `geniu` method does with its own proxies
-      target, step, steps = sharpen
-      proxies, labels = sharpen_lib.with_sharpened(
-          cls_graphdef, cls_params, cls_stats, proxies, labels,
-          unlearn_lib.forget_mask_for(labels, forget), target=target, step=step, steps=steps,
-          num_forget=forget.shape[0] * per_class)
+    # Extended as the `geniu` method extends its own proxies.
+    proxies, labels = sharpen_lib.tuning_batch(cls_graphdef, cls_params, cls_stats, proxies,
+                                               labels, forget, sharpen)
     params, trace = unlearn_lib.in_batch_tuning(
         cls_params, cls_graphdef, cls_stats, proxies, labels, forget, rounds=rounds, lr=lr,
         stop_forget_prob=stop, objective=objective)
@@ -126,7 +123,7 @@ def gkt_vae(grant: Grant, cfg: Config, key: jax.Array,
   fn = _program(classifier.graphdef, run.generator.graphdef, vae.graphdef, grant.num_classes,
                 per_class, batches, s.batch_size, cfg.unlearn_rounds, cfg.unlearn_lr,
                 cfg.stop_forget_prob, unlearn_lib.objective_from_config(cfg),
-                sharpen_lib.settings_from_config(cfg))
+                sharpen_lib.from_config(cfg))
   params, info = jax.block_until_ready(watch.run(
       fn, classifier.params, classifier.stats, run.generator.params, vae.params,
       jax.random.key_data(k_sample), jnp.asarray(grant.forget, jnp.int32)))
