@@ -4,7 +4,7 @@ Measures whole CLI processes, as a user meets them: Python and JAX start-up,
 checkpoint restore, compilation, Alg. 2, checkpoint save. Three runs on the
 same checkpoint:
 
-* `off`  -- no cache (today's default);
+* `off`  -- no cache (the CLI's default);
 * `cold` -- GENIU_COMPILATION_CACHE set to an empty directory (compiles and
   writes the cache);
 * `warm` -- the same directory again (loads the executable).

@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# One-shot GPU run of the benchmarks (written for the lent NVIDIA H100 machine).
+# One-shot GPU run of the benchmarks on a machine with one NVIDIA GPU.
 #
 # Runs unlearn_latency (paper size; PyTorch reference on the GPU), train_throughput
 # and sweep (twice: native, then matmul convolutions in the vmapped program) with
 # --json, each under its own time limit, and writes every report to $OUT
-# (default ./gpu_out). Whole script: about 5-7 minutes on an H100 (a run with
-# fewer repetitions and no sweep_patches took 150 s; see benchmarks/RESULTS.md).
+# (default ./gpu_out). On an H100 80GB the run with the reduced repetitions of
+# benchmarks/RESULTS.md's H100 table, without sweep_patches, took 150 s; the
+# time limits below allow up to 10 min.
 #
-# That machine has no network; its image already holds everything this needs
-# under `python3`: jax with the CUDA plugin, flax, optax, chex, orbax, numpy and
-# torch with CUDA (seen 2026-11-27: jax 0.11.2, flax 0.12.10, optax 0.2.8, torch
-# 2.11.0+cu130). Use them as they are: flax 0.12.8 (this repo's CPU pin) does not
-# import under jax 0.11 (jax.experimental.hijax has no HiPrimitive there).
+# The script installs nothing and needs no network: `python3` (or $PYTHON) must
+# already have jax with the CUDA plugin, flax, optax, chex, orbax, numpy and
+# torch with CUDA. RESULTS.md's H100 figures used jax 0.11.2, flax 0.12.10,
+# optax 0.2.8, torch 2.11.0+cu130. flax 0.12.8 does not import under jax 0.11
+# (jax.experimental.hijax has no HiPrimitive there); flax 0.12.10 does.
 #
 # Usage (from the repository root): OUT=/some/dir bash benchmarks/gpu_run.sh
 set -uo pipefail

@@ -10,8 +10,9 @@ Two sweeps, each timed after compilation:
 
 A ratio above 1 means the vmapped program has that much more throughput. On
 a 2-core CPU the matmuls already fill the cores, so expect about 1. On an
-H100 with native convolutions it was ~1 for unlearning and ~0.5 for training
-(vmapped per-run weights make grouped convolutions); `--vmap-lowering
+H100 with native convolutions it measured ~1 for unlearning and ~0.5 for
+training (vmapped per-run weights make grouped convolutions;
+benchmarks/RESULTS.md); `--vmap-lowering
 patches` gives the vmapped unlearning program batched matmuls instead.
 
 JSON: {"n", "unlearn_seq_ms", "unlearn_vmap_ms", "unlearn_ratio",

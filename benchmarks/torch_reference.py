@@ -14,10 +14,11 @@ the same arithmetic:
 * Classifier step: CE, Adam with coupled L2 weight decay (optax
   add_decayed_weights -> scale_by_adam), BatchNorm in train mode.
 * Unlearning (Alg. 2 + Eq. 10): proxies = g(z) once, then per round a forward
-  in eval mode, sum CE(retained) + sum 1/max(CE, 1e-6) (forgotten), backward,
-  Adam step, and -- as geniu_jax's `in_batch_tuning` does -- one no-grad
-  forward for the per-round trace (forgotten-class probability, retained
-  accuracy). `trace=False` gives the paper's bare loop.
+  in eval mode, sum CE(retained) + sum 1/(CE + 1e-6) (forgotten), backward,
+  Adam step. As in geniu_jax, the per-round trace (forgotten-class
+  probability, retained accuracy) is read off that round's forward logits,
+  plus one no-grad forward after the last round. `trace=False` gives the
+  paper's bare loop without that bookkeeping.
 
 The constants below duplicate geniu_jax's on purpose: this module must import
 without JAX so that it can run in its own process (benchmarks start it as a
