@@ -3,22 +3,44 @@
 Layout of a checkpoint directory:
 
     metadata.json   data source, image shape, K, majority classes, imbalance,
-                    config (width, B, seed, preset ...), package versions
+                    config (width, B, seed, preset ...), package versions,
+                    checksums of everything else
     state/          one Orbax PyTree: classifier params + BatchNorm stats,
                     prompts, generator params, optional baseline records
 
 No training data is ever written. The architecture is rebuilt from the
 metadata and the stored arrays are restored into it; a checkpoint whose arrays
 do not fit that architecture, or the one the caller asks for, is rejected with
-a one-line `CheckpointError`. Saving goes to a temporary sibling directory that
-is renamed into place at the end, so a failed save leaves nothing behind.
+a one-line `CheckpointError`.
+
+Saving goes to a hidden temporary sibling directory (`.<name>.<random>.partial`)
+that is renamed into place only once complete, metadata.json written last; on
+any exception, KeyboardInterrupt included, the temporary directory is removed.
+A directory without metadata.json or with a temporary name (left by a killed
+process) is rejected as incomplete.
+
+Integrity: metadata.json holds, under "checksum", sha256 digests of
+
+  * every file under state/ ("files"), checked before Orbax reads any of them,
+    so a damaged or missing file is reported by name;
+  * every restored array ("arrays", keyed by tree path such as
+    "classifier/params/head/kernel"), over its dtype, shape and bytes: an
+    end-to-end check of what is handed to the model;
+  * the metadata itself ("metadata"): the canonical JSON (sorted keys, no
+    whitespace) of metadata.json without this one entry.
+
+Checkpoints written before these checksums existed have no "checksum" entry
+and are restored unverified. metadata.json is strict JSON: non-finite floats
+are written as null.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -29,6 +51,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from geniu_jax import jsonutil
 from geniu_jax.config import Config
 from geniu_jax.models import functional as F
 
@@ -37,6 +60,9 @@ _PACKAGES = ("geniu_jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", 
 
 
 _REQUIRED_METADATA = ("data_source", "image_shape", "num_classes", "majority", "config")
+CHECKSUM = "checksum"      # metadata key of the digests; absent in older checkpoints
+_ALGORITHM = "sha256"
+_TMP_SUFFIX = ".partial"   # temporary directory of a save in progress
 
 
 class CheckpointError(RuntimeError):
@@ -129,43 +155,166 @@ def _to_tree(classifier, generator, prompts, records) -> dict:
   return str_keys(tree)
 
 
+def _key_name(entry) -> str:
+  for attr in ("key", "idx", "name"):   # DictKey, SequenceKey, GetAttrKey
+    if hasattr(entry, attr):
+      return str(getattr(entry, attr))
+  return str(entry)
+
+
+def _array_digests(tree: Any) -> dict[str, str]:
+  """{"a/b/c": sha256 of dtype, shape and bytes} of every leaf of `tree`.
+
+  Paths are joined key names, so a list index and the string key Orbax may
+  restore it as name the same array.
+  """
+  digests = {}
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    arr = np.ascontiguousarray(np.asarray(leaf))
+    h = hashlib.sha256(f"{arr.dtype.name}{list(arr.shape)}".encode())
+    h.update(arr.tobytes())
+    digests["/".join(_key_name(e) for e in path)] = h.hexdigest()
+  return digests
+
+
+def _file_digest(path: Path) -> str:
+  h = hashlib.sha256()
+  with path.open("rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      h.update(chunk)
+  return h.hexdigest()
+
+
+def _file_digests(root: Path, sub: str) -> dict[str, str]:
+  """{"sub/relative/path": sha256} of every file under root/sub."""
+  return {p.relative_to(root).as_posix(): _file_digest(p)
+          for p in sorted((root / sub).rglob("*")) if p.is_file()}
+
+
+def _metadata_digest(meta: dict) -> str:
+  """sha256 of the canonical JSON of `meta` without its own digest.
+
+  Raises ValueError for bare NaN/Infinity, which `save` never writes.
+  """
+  body = dict(meta)
+  if isinstance(body.get(CHECKSUM), dict):
+    body[CHECKSUM] = {k: v for k, v in body[CHECKSUM].items() if k != "metadata"}
+  text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                    allow_nan=False)
+  return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _corrupt(path: Path, what: str) -> CheckpointError:
+  return CheckpointError(f"checkpoint {path} is corrupt: {what}")
+
+
+def _write_synced(path: Path, text: str) -> None:
+  with path.open("w") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def _sync_dir(path: Path) -> None:
+  try:
+    fd = os.open(path, os.O_RDONLY)
+  except OSError:
+    return
+  try:
+    os.fsync(fd)
+  except OSError:   # not every file system syncs directories
+    pass
+  finally:
+    os.close(fd)
+
+
 def save(directory: str | os.PathLike, classifier: F.SplitModel,
          generator: F.SplitModel | None, prompts, metadata: dict,
          records: Any = None) -> Path:
-  """Writes a checkpoint; `directory` must not exist yet. Atomic on success."""
+  """Writes a checkpoint; `directory` must not exist yet. Atomic on success.
+
+  `metadata` may come from a restored checkpoint: its old checksums are
+  replaced. Non-finite floats in it are written as null.
+  """
   target = Path(directory).absolute()
   if target.exists():
     raise CheckpointError(f"output directory {target} already exists")
+  # Unserialisable metadata fails here, before any array is written; the
+  # round trip gives the exact form `read_metadata` will see.
+  meta = {k: v for k, v in metadata.items() if k != CHECKSUM}
+  meta.update(has_generator=generator is not None, has_records=records is not None)
+  meta = json.loads(jsonutil.dumps(meta))
   target.parent.mkdir(parents=True, exist_ok=True)
-  tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+  done = False
+  tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=_TMP_SUFFIX,
+                              dir=target.parent))
   try:
     tree = jax.device_get(_to_tree(classifier, generator, prompts, records))
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(tmp / "state", tree)
-    checkpointer.wait_until_finished()
-    meta = dict(metadata, has_generator=generator is not None,
-                has_records=records is not None)
-    (tmp / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+    # Leaving the block waits for Orbax's background writes, also when an
+    # exception (or Ctrl-C) interrupts the save, so that nothing is still
+    # writing into `tmp` when it is removed.
+    with ocp.StandardCheckpointer() as checkpointer:
+      checkpointer.save(tmp / "state", tree)
+      checkpointer.wait_until_finished()
+    meta[CHECKSUM] = {"algorithm": _ALGORITHM, "files": _file_digests(tmp, "state"),
+                      "arrays": _array_digests(tree)}
+    meta[CHECKSUM]["metadata"] = _metadata_digest(meta)
+    _write_synced(tmp / "metadata.json", jsonutil.dumps(meta, indent=2, sort_keys=True))
     tmp.rename(target)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
+    done = True
+    _sync_dir(target.parent)
+  finally:
+    if not done:
+      shutil.rmtree(tmp, ignore_errors=True)
   return target
 
 
-def read_metadata(directory: str | os.PathLike) -> dict:
-  path = Path(directory)
-  meta_file = path / "metadata.json"
+def _check_complete(path: Path) -> None:
+  """Rejects what is not a finished checkpoint directory."""
   if not path.is_dir():
     raise CheckpointError(f"checkpoint directory {path} does not exist")
-  if not meta_file.is_file():
+  if path.name.startswith(".") and path.name.endswith(_TMP_SUFFIX):
+    raise CheckpointError(f"checkpoint {path} is incomplete: it is the temporary "
+                          "directory of an unfinished save")
+  if not (path / "metadata.json").is_file():
+    if (path / "state").exists():
+      raise CheckpointError(f"checkpoint {path} is incomplete: no metadata.json")
     raise CheckpointError(f"{path} is not a geniu_jax checkpoint (no metadata.json)")
+
+
+def _check_metadata_digest(path: Path, meta: dict) -> None:
+  checksum = meta[CHECKSUM]
+  if (not isinstance(checksum, dict) or not isinstance(checksum.get("metadata"), str)
+      or not isinstance(checksum.get("files"), dict)
+      or not isinstance(checksum.get("arrays"), dict)):
+    raise _corrupt(path, f"malformed {CHECKSUM!r} entry in metadata.json")
+  if checksum.get("algorithm") != _ALGORITHM:
+    raise _corrupt(path, f"unknown checksum algorithm {checksum.get('algorithm')!r}")
+  try:
+    digest = _metadata_digest(meta)
+  except ValueError:   # NaN or Infinity put in by hand
+    digest = None
+  if digest != checksum["metadata"]:
+    raise _corrupt(path, "metadata.json does not match its checksum")
+
+
+def read_metadata(directory: str | os.PathLike) -> dict:
+  """The metadata of a checkpoint, its checksum verified when it has one.
+
+  Raises:
+    CheckpointError: missing, incomplete, foreign or corrupt checkpoint.
+  """
+  path = Path(directory)
+  _check_complete(path)
+  meta_file = path / "metadata.json"
   try:
     meta = json.loads(meta_file.read_text())
   except (json.JSONDecodeError, UnicodeDecodeError) as err:
     raise CheckpointError(f"corrupt checkpoint metadata in {meta_file}: {err}") from None
   if not isinstance(meta, dict) or meta.get("format") != FORMAT:
     raise CheckpointError(f"{path} is not a {FORMAT} checkpoint")
+  if CHECKSUM in meta:
+    _check_metadata_digest(path, meta)
   missing = [k for k in _REQUIRED_METADATA if k not in meta]
   if missing or not isinstance(meta.get("config"), dict):
     raise CheckpointError(f"corrupt checkpoint metadata in {meta_file}: missing {missing or ['config']}")
@@ -200,15 +349,99 @@ def _check_shapes(stored: Any, expected: Any, what: str) -> None:
     raise CheckpointError(f"checkpoint does not match the {what} architecture "
                           f"(missing {missing}, unexpected {extra})")
   for path, leaf in s_flat.items():
-    if tuple(leaf.shape) != tuple(np.shape(e_flat[path])):
+    if tuple(np.shape(leaf)) != tuple(np.shape(e_flat[path])):
       raise CheckpointError(
           f"checkpoint does not match the {what} architecture: {jax.tree_util.keystr(path)} "
-          f"has shape {tuple(leaf.shape)}, expected {tuple(np.shape(e_flat[path]))}")
+          f"has shape {tuple(np.shape(leaf))}, expected {tuple(np.shape(e_flat[path]))}")
+
+
+def _verify_files(path: Path, digests: dict) -> None:
+  for name in sorted(digests):
+    file = path / name
+    if not file.is_file():
+      raise _corrupt(path, f"file {name} is missing")
+    if _file_digest(file) != digests[name]:
+      raise _corrupt(path, f"file {name} does not match its checksum")
+
+
+def _verify_arrays(path: Path, stored: Any, digests: dict) -> None:
+  actual = _array_digests(stored)
+  for name in sorted(digests.keys() | actual.keys()):
+    if name not in actual:
+      raise _corrupt(path, f"array {name} is missing")
+    if name not in digests:
+      raise _corrupt(path, f"array {name} has no checksum")
+    if actual[name] != digests[name]:
+      raise _corrupt(path, f"array {name} does not match its checksum")
+
+
+def _is_closed_loop_report(unraisable) -> bool:
+  return (isinstance(unraisable.exc_value, RuntimeError)
+          and str(unraisable.exc_value) == "Event loop is closed")
+
+
+def _silence_closed_loop_reports():
+  """Drops the "Event loop is closed" reports of a failed Orbax restore.
+
+  When one read fails, Orbax closes its event loop while tensorstore still
+  has the checkpoint's other reads in flight; each of them then reports a
+  RuntimeError("Event loop is closed") through `sys.unraisablehook`, one
+  traceback per array, before and after the CheckpointError. Those reports
+  carry nothing, so a hook that drops exactly them (and passes everything
+  else on) is put in front of the current one. Returns a function that takes
+  it out again, for a read that succeeded.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, "_drops_closed_loop_reports", False):
+    return lambda: None
+
+  def hook(unraisable):
+    if not _is_closed_loop_report(unraisable):
+      previous(unraisable)
+
+  hook._drops_closed_loop_reports = True
+  sys.unraisablehook = hook
+
+  def undo():
+    if sys.unraisablehook is hook:
+      sys.unraisablehook = previous
+
+  return undo
+
+
+def _read_state(path: Path) -> dict:
+  """The stored PyTree; any failure to read it is a one-line CheckpointError."""
+  undo = _silence_closed_loop_reports()
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      stored = checkpointer.restore(path / "state")
+  except Exception as err:  # Orbax and tensorstore raise many types for bad data.
+    # The hook stays: reads still in flight report after this returns.
+    text = str(err).strip()
+    first = text.splitlines()[0] if text else type(err).__name__
+    raise _corrupt(path, f"cannot read state/ ({first})") from None
+  undo()
+  if not isinstance(stored, dict) or "classifier" not in stored:
+    raise _corrupt(path, "state/ holds no classifier")
+  return stored
+
+
+def _stored_section(path: Path, stored: dict, *keys: str) -> Any:
+  node = stored
+  for key in keys:
+    if not isinstance(node, dict) or key not in node:
+      raise _corrupt(path, f"state/ holds no {'/'.join(keys)}")
+    node = node[key]
+  return node
 
 
 def restore(directory: str | os.PathLike, *, lowering: str | None = None,
             expect_classifier: F.SplitModel | None = None) -> Checkpoint:
   """Restores a checkpoint written by `save`.
+
+  A checkpoint with checksums has its files verified before they are read
+  and its arrays after; one without (written before checksums existed) is
+  restored unverified.
 
   Args:
     directory: checkpoint directory.
@@ -218,31 +451,30 @@ def restore(directory: str | os.PathLike, *, lowering: str | None = None,
       parameter shapes (e.g. a model built by the caller).
 
   Raises:
-    CheckpointError: missing, corrupt or mismatched checkpoint.
+    CheckpointError: missing, incomplete, corrupt or mismatched checkpoint.
   """
   path = Path(directory).absolute()
   meta = read_metadata(path)
+  checksum = meta.get(CHECKSUM)
+  if checksum is not None:
+    _verify_files(path, checksum["files"])
   classifier, generator = build_models(meta, lowering)
   if expect_classifier is not None:
     _check_shapes(str_keys(nnx.to_pure_dict(classifier.params)),
                   str_keys(nnx.to_pure_dict(expect_classifier.params)), "requested classifier")
-  try:
-    stored = ocp.StandardCheckpointer().restore(path / "state")
-  except Exception as err:  # Orbax raises many types for unreadable data.
-    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    raise CheckpointError(f"corrupt checkpoint state in {path}: {first}") from None
-  if "classifier" not in stored:
-    raise CheckpointError(f"corrupt checkpoint state in {path}: no classifier")
+  stored = _read_state(path)
+  if checksum is not None:
+    _verify_arrays(path, stored, checksum["arrays"])
   expected = _to_tree(classifier, None, None, None)["classifier"]
   _check_shapes(stored["classifier"], expected, "classifier")
   params = _filled(classifier.params, stored["classifier"]["params"])
   stats = _filled(classifier.stats, stored["classifier"]["stats"])
   restored_gen, prompts = None, None
   if generator is not None:
-    gen_like = nnx.to_pure_dict(generator.params)
-    _check_shapes(stored["generator"]["params"], str_keys(gen_like), "generator")
-    gparams = _filled(generator.params, stored["generator"]["params"])
+    gen_stored = _stored_section(path, stored, "generator", "params")
+    prompts = jax.numpy.asarray(_stored_section(path, stored, "prompts"))
+    _check_shapes(gen_stored, str_keys(nnx.to_pure_dict(generator.params)), "generator")
+    gparams = _filled(generator.params, gen_stored)
     restored_gen = F.SplitModel(generator.graphdef, gparams, generator.stats)
-    prompts = jax.numpy.asarray(stored["prompts"])
   return Checkpoint(F.SplitModel(classifier.graphdef, params, stats), restored_gen,
                     prompts, stored.get("records"), meta)

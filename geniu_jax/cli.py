@@ -1,20 +1,25 @@
 """The `geniu` command: train | unlearn | evaluate | demo.
 
 Every failure the user can cause (unknown source, missing file, bad class id,
-forgetting every class, missing or foreign checkpoint) ends with one line on
-stderr and exit code 2, and no output directory is left behind.
+forgetting every class, missing or foreign checkpoint, a flag out of range, an
+unwritable --out) ends with one line on stderr and exit code 2, and no output
+directory is left behind. The checks run before any heavy work, in this order:
+the arguments (flag ranges through `Config`, --out), then a checkpoint's
+metadata (`validate.check_metadata`, before any array is restored or program
+compiled), then the data (`data.load`); docs/reliability.md lists them.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Sequence
 
 from geniu_jax import checkpoint as ckpt_lib
 from geniu_jax import compile_cache
 from geniu_jax import data as data_lib
+from geniu_jax import jsonutil
+from geniu_jax import validate
 from geniu_jax.config import (FORGET_LOSSES, PRESETS, RETAIN_TARGETS, SHARPEN_MODES, Config,
                               get_config)
 from geniu_jax.models.conv import LOWERINGS
@@ -119,11 +124,37 @@ def _config_from(args, image_shape=None) -> Config:
   return get_config(args.preset, image_shape, **overrides)
 
 
+# Flags that set a `Config` field, as (argparse dest, field): `Config` owns
+# their ranges, so the Python API and the command line agree.
+_TRAIN_FIELDS = (("width", "width"), ("epochs", "epochs"), ("seed", "seed"),
+                 ("proxies_per_class", "proxies_per_class"),
+                 ("noise_start_acc", "noise_start_acc"))
+_UNLEARN_FIELDS = (("rounds", "unlearn_rounds"), ("lr", "unlearn_lr"),
+                   ("proxies_per_class", "proxies_per_class"),
+                   ("stop_forget_prob", "stop_forget_prob"),
+                   ("forget_margin", "forget_margin"), ("sharpen_target", "sharpen_target"))
+
+
+def _check_flags(args, fields) -> None:
+  """Range-checks flags before any file is read, one at a time so that the
+  message names the flag as well as the field."""
+  for dest, field in fields:
+    value = getattr(args, dest, None)
+    if value is None:
+      continue
+    try:
+      Config(**{field: value})
+    except ValueError as err:
+      raise UsageError(f"argument --{dest.replace('_', '-')}: {err}") from None
+
+
 def cmd_train(args) -> int:
   from geniu_jax import runs
-  from pathlib import Path
-  if Path(args.out).exists():
-    raise UsageError(f"output directory {args.out} already exists")
+  _check_flags(args, _TRAIN_FIELDS)
+  if args.imbalance is not None:
+    # Every rate now; how many there must be is known once the data gives K.
+    data_lib.parse_imbalance(args.imbalance, args.imbalance.count(",") + 1)
+  validate.check_output_dir(args.out)
   ds = data_lib.load(args.data)
   cfg = _config_from(args, ds.image_shape)
   rate = data_lib.parse_imbalance(cfg.imbalance, ds.num_classes)
@@ -154,20 +185,36 @@ def _uses_artifacts(method: str) -> bool:
 
 def cmd_unlearn(args) -> int:
   from geniu_jax import runs
-  from pathlib import Path
-  if Path(args.out).exists():
-    raise UsageError(f"output directory {args.out} already exists")
-  ck = ckpt_lib.restore(args.ckpt)
-  meta = ck.metadata
+  _check_flags(args, _UNLEARN_FIELDS)
+  if args.method != "geniu":
+    from geniu_jax.methods import registry
+    if args.method not in registry.METHODS:
+      raise UsageError(f"unknown method {args.method!r}; registered: "
+                       f"{sorted(registry.METHODS)}")
+  validate.check_output_dir(args.out)
+  # Everything the metadata can refute is refuted before `restore` builds the
+  # models and reads the arrays.
+  meta = ckpt_lib.read_metadata(args.ckpt)
+  stored = validate.check_metadata(meta, args.ckpt)
   forget = runs.check_classes(args.forget, meta["num_classes"], "forget")
+  has_generator = meta.get("has_generator", True)   # what `restore` goes by
   # A generator left at its initialisation maps the prompts to proxies that
   # carry nothing of their classes (Alg. 2): tuning on them is not GENIU's
   # unlearning, whatever it does to the accuracies. Refuse before any work.
-  if (ck.generator is not None and _uses_artifacts(args.method)
+  if (has_generator and _uses_artifacts(args.method)
       and ckpt_lib.generator_epochs(meta) == 0):
     raise UsageError(f"checkpoint {args.ckpt}: its GENIU generator never trained, so it has "
                      "no proxies to tune on; retrain with more --epochs (or a lower "
                      "--noise-start-acc)")
+  if args.method == "geniu":
+    if not has_generator:
+      raise UsageError(f"checkpoint {args.ckpt} has no GENIU generator and prompts")
+    if (args.proxies_per_class is not None
+        and args.proxies_per_class > stored.proxies_per_class):
+      raise UsageError(f"argument --proxies-per-class: asked for {args.proxies_per_class} "
+                       f"proxies per class; the checkpoint has {stored.proxies_per_class}")
+  ck = ckpt_lib.restore(args.ckpt)
+  meta = ck.metadata
   cfg = Config.from_dict(meta["config"])
   if args.method != "geniu":
     from geniu_jax.methods import registry
@@ -208,12 +255,13 @@ def cmd_unlearn(args) -> int:
 def cmd_evaluate(args) -> int:
   from geniu_jax import runs
   meta = ckpt_lib.read_metadata(args.ckpt)
+  validate.check_metadata(meta, args.ckpt)
+  forget = runs.check_classes(args.forget, meta["num_classes"], "forget")
   ds = data_lib.load(args.data)
   if list(ds.image_shape) != meta["image_shape"] or ds.num_classes != meta["num_classes"]:
     raise UsageError(
         f"data {args.data} ({list(ds.image_shape)}, {ds.num_classes} classes) does not fit "
         f"checkpoint {args.ckpt} ({meta['image_shape']}, {meta['num_classes']} classes)")
-  forget = runs.check_classes(args.forget, ds.num_classes, "forget")
   ck = ckpt_lib.restore(args.ckpt)
   result = runs.evaluate(ck.classifier, ds.x_test, ds.y_test, ds.num_classes, forget)
   print(f"Acc_r {result['acc_r']:.4f}  Acc_f {result['acc_f']:.4f}")
@@ -233,7 +281,7 @@ def cmd_demo(args) -> int:
 
 def _emit(obj: dict, as_json: bool) -> None:
   if as_json:
-    print(json.dumps(obj), flush=True)
+    print(jsonutil.dumps(obj), flush=True)
 
 
 COMMANDS = {"train": cmd_train, "unlearn": cmd_unlearn, "evaluate": cmd_evaluate,

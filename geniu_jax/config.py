@@ -6,13 +6,14 @@ largest setting that trains on full Fashion-MNIST in about five minutes on a
 2-core CPU, with the data-free unlearning setting chosen on validation splits
 carved from the training data across the protocol
 (`experiments.geniu_setting`): not Eq. 10 but a teacher-kept retained term, a
-margin forget loss and sharpened forgotten proxies. `smoke` runs in seconds and
+margin forget loss and sharpened proxies (`geniu.sharpen`). `smoke` runs in seconds and
 only exists for tests.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 from typing import Any
 
@@ -21,11 +22,50 @@ PRESETS = ("smoke", "cpu", "paper")
 RETAIN_TARGETS = ("label", "teacher")
 FORGET_LOSSES = ("inv_ce", "margin")
 SHARPEN_MODES = ("forgotten", "all")  # see geniu.sharpen
+SELECTION_RULES = ("max_entropy", "min_entropy", "random")  # geniu.selection.RULES
+SELECTION_SOURCES = ("pass", "epoch")
+
+# Upper bounds of the range checks. Adam steps of size > 10 on weights of
+# order 1 (or on [0, 1] images, for the prompts) only diverge, so a larger
+# learning rate is a typo (1e6 for 1e-6), not a setting. Width 16 is 16x the
+# paper's AllCNN (3072 channels), far past any machine this runs on.
+MAX_LR = 10.0
+MAX_WIDTH = 16.0
+MAX_SEED = 2**63 - 1   # numpy's and JAX's seeds are signed 64-bit
+_COUNTS = ("epochs", "batch_size", "prompt_steps", "generator_steps", "proxies_per_class",
+           "unlearn_rounds", "sharpen_steps")
+_LEARNING_RATES = ("lr", "prompt_lr", "generator_lr", "unlearn_lr")
+_NON_NEGATIVE = ("weight_decay", "kl_weight", "forget_margin")
+_CHOICES = {"selection": SELECTION_RULES, "selection_source": SELECTION_SOURCES,
+            "sharpen_mode": SHARPEN_MODES, "retain_target": RETAIN_TARGETS,
+            "forget_loss": FORGET_LOSSES}
+
+
+def _is_int(v) -> bool:
+  # bool is an int subclass; True as "1 epoch" is almost surely a mistake.
+  return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_real(v) -> bool:
+  return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _finite_in(v, lo: float, hi: float, lo_open: bool) -> bool:
+  # math.isfinite first: NaN compares False either way and inf passes `>= 0`.
+  return (_is_real(v) and math.isfinite(v) and (v > lo if lo_open else v >= lo)
+          and v <= hi)
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
   """All knobs of the training and unlearning phases.
+
+  Construction checks every field and raises a one-line `ValueError` naming
+  the field, the value and the allowed range: counts (epochs, batch and step
+  sizes, B, rounds) are integers >= 1; learning rates are finite and in
+  (0, MAX_LR]; weight decay, KL weight and the forget margin are finite and
+  >= 0; width is in (0, MAX_WIDTH]; probabilities are in [0, 1] (see each
+  field); the enumerated fields take one of their listed values.
 
   Attributes:
     preset: name of the preset this config came from (stored in metadata).
@@ -121,8 +161,36 @@ class Config:
                           or not 0 < p < 1):
       raise ValueError(f"sharpen_target must be a probability in (0, 1) (or None for the "
                        f"generator's proxies as they are), got {p!r}")
-    if self.sharpen_mode not in SHARPEN_MODES:
-      raise ValueError(f"sharpen_mode must be one of {SHARPEN_MODES}, got {self.sharpen_mode!r}")
+    self._check_ranges()
+
+  def _check_ranges(self) -> None:
+    """Types and ranges of every numeric and enumerated field; one-line ValueError."""
+    def fail(name: str, allowed: str) -> None:
+      raise ValueError(f"{name} must be {allowed}, got {getattr(self, name)!r}")
+
+    for name in _COUNTS:
+      if not (_is_int(getattr(self, name)) and getattr(self, name) >= 1):
+        fail(name, "an integer >= 1")
+    for name in _LEARNING_RATES:
+      if not _finite_in(getattr(self, name), 0.0, MAX_LR, lo_open=True):
+        fail(name, f"a finite learning rate in (0, {MAX_LR:g}]")
+    for name in _NON_NEGATIVE:
+      if not _finite_in(getattr(self, name), 0.0, math.inf, lo_open=False):
+        fail(name, "a finite number >= 0")
+    for name, allowed in _CHOICES.items():
+      if getattr(self, name) not in allowed:
+        fail(name, f"one of {allowed}")
+    if not _finite_in(self.width, 0.0, MAX_WIDTH, lo_open=True):
+      fail("width", f"a finite channel multiplier in (0, {MAX_WIDTH:g}]")
+    if not _finite_in(self.sharpen_step, 0.0, 1.0, lo_open=True):
+      fail("sharpen_step", "a finite L-infinity step in (0, 1] (images live in [0, 1])")
+    if self.latent_dim is not None and not (_is_int(self.latent_dim) and self.latent_dim >= 1):
+      fail("latent_dim", "an integer >= 1 (or None for the paper's size)")
+    p = self.stop_forget_prob
+    if p is not None and not _finite_in(p, 0.0, 1.0, lo_open=False):
+      fail("stop_forget_prob", "a probability in [0, 1] (or None to run every round)")
+    if not (_is_int(self.seed) and 0 <= self.seed <= MAX_SEED):
+      fail("seed", "an integer in [0, 2**63 - 1]")
 
   def replace(self, **overrides: Any) -> "Config":
     """Returns a copy with the non-None overrides applied."""
@@ -147,23 +215,23 @@ _PRESETS = {
     "paper": Config(preset="paper"),
     # Sized to train on the full imbalanced Fashion-MNIST in ~5 min on 2 cores.
     # Unlearning: B = 5; retained proxies held to the original's answer without
-    # the forgotten class; forgotten proxies, and a sharpened copy of each,
-    # pushed 2 logits below the rest. Chosen by the criterion of
-    # `experiments.geniu_setting` (worst validation Acc_f over every class and
-    # run <= 0.01, then the best worst-case Acc_r / original's) on the cells
-    # run so far; experiments/results/geniu_setting/README.md lists them and
-    # the MNIST class it does not forget yet.
+    # the forgotten class; every proxy sharpened toward the forgotten class
+    # and each retained one toward its own (`geniu.sharpen`, mode "all"); the
+    # forgotten rows pushed 2 logits below the rest, 150 rounds at 1e-3.
+    # Chosen by the criterion of `experiments.geniu_setting` (worst
+    # validation Acc_f over every class and run <= 0.01, then the best
+    # worst-case Acc_r / original's); its README lists the cells.
     "cpu": Config(
         preset="cpu", width=0.125, epochs=12, prompt_steps=100, generator_steps=100,
         proxies_per_class=5, selection_source="epoch", unlearn_rounds=150,
         unlearn_lr=1e-3, retain_target="teacher", forget_loss="margin", forget_margin=2.0,
-        sharpen_target=0.9),
+        sharpen_target=0.9, sharpen_mode="all", sharpen_steps=60),
     # The cpu preset's unlearning setting at a test-friendly size.
     "smoke": Config(
         preset="smoke", width=0.0625, epochs=3, batch_size=128, prompt_steps=20,
         generator_steps=20, proxies_per_class=2, selection_source="epoch",
         unlearn_rounds=30, unlearn_lr=1e-3, retain_target="teacher", forget_loss="margin",
-        forget_margin=2.0, sharpen_target=0.9),
+        forget_margin=2.0, sharpen_target=0.9, sharpen_mode="all", sharpen_steps=60),
 }
 
 

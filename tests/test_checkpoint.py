@@ -1,10 +1,13 @@
-"""Checkpoints: exact round trip, one-line CheckpointErrors, atomic saves."""
+"""Checkpoints: exact round trip, one-line CheckpointErrors, checksums, atomic saves."""
 
 from __future__ import annotations
 
 import copy
 import json
+import math
 import shutil
+import sys
+import types
 
 import jax
 import numpy as np
@@ -12,6 +15,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from geniu_jax import checkpoint as ckpt_lib
+from geniu_jax import jsonutil
 from geniu_jax.checkpoint import CheckpointError
 from geniu_jax.config import Config
 from geniu_jax.models import functional as F
@@ -42,6 +46,37 @@ def ckpt_copy(tiny_ckpt, tmp_path):
   return dst
 
 
+def _edit_metadata(directory, edit):
+  """Rewrites metadata.json with `edit(meta)` applied, as a hand edit would."""
+  meta_file = directory / "metadata.json"
+  meta = json.loads(meta_file.read_text())
+  edit(meta)
+  meta_file.write_text(json.dumps(meta))
+
+
+def _drop_checksum(directory):
+  """Makes `directory` look like a checkpoint written before checksums existed."""
+  _edit_metadata(directory, lambda meta: meta.pop(ckpt_lib.CHECKSUM))
+
+
+def _largest_state_file(directory):
+  """The biggest file under state/: one of Orbax's array data files."""
+  return max((p for p in (directory / "state").rglob("*") if p.is_file()),
+             key=lambda p: p.stat().st_size)
+
+
+def _flip_a_byte(file):
+  data = bytearray(file.read_bytes())
+  data[len(data) // 2] ^= 0x01
+  file.write_bytes(bytes(data))
+
+
+def _strict_json(text):
+  def refuse(token):
+    raise ValueError(f"non-JSON constant {token}")
+  return json.loads(text, parse_constant=refuse)
+
+
 def test_round_trip_is_bit_exact(tiny_ckpt):
   path, cls, gen, prompts, meta = tiny_ckpt
   assert sorted(p.name for p in path.iterdir()) == ["metadata.json", "state"]
@@ -64,6 +99,12 @@ def test_round_trip_is_bit_exact(tiny_ckpt):
   assert versions["jax"] == jax.__version__ and versions["orbax-checkpoint"] != "unknown"
   assert ck.metadata["config"]["width"] == ck.metadata["width"]
   assert ckpt_lib.read_metadata(path) == ck.metadata
+  checksum = ck.metadata[ckpt_lib.CHECKSUM]
+  assert checksum["algorithm"] == "sha256" and len(checksum["metadata"]) == 64
+  assert "classifier/params/head/kernel" in checksum["arrays"]
+  assert any(name.startswith("state/ocdbt.process_0/d/") for name in checksum["files"])
+  assert set(checksum["files"]) == {p.relative_to(path).as_posix()
+                                    for p in (path / "state").rglob("*") if p.is_file()}
 
 
 def test_restored_models_compute_like_the_saved_ones(tiny_ckpt):
@@ -123,10 +164,8 @@ def test_expect_classifier_of_another_width_is_rejected(tiny_ckpt):
 
 
 def test_metadata_that_does_not_fit_the_stored_arrays_is_rejected(ckpt_copy):
-  meta_file = ckpt_copy / "metadata.json"
-  meta = json.loads(meta_file.read_text())
-  meta["config"]["width"] = 0.125
-  meta_file.write_text(json.dumps(meta))
+  _drop_checksum(ckpt_copy)   # else the edit is caught as corruption first
+  _edit_metadata(ckpt_copy, lambda meta: meta["config"].update(width=0.125))
   with pytest.raises(CheckpointError) as excinfo:
     ckpt_lib.restore(ckpt_copy)
   assert "architecture" in _one_line_error(excinfo)
@@ -201,14 +240,155 @@ def _drop_arrays(d):
   shutil.rmtree(d / "state" / "ocdbt.process_0")
 
 
+@pytest.mark.parametrize("checksums", [True, False], ids=["checksummed", "legacy"])
 @pytest.mark.parametrize("damage", [_rm_state, _empty_state, _state_is_a_file,
                                     _junk_orbax_metadata, _truncate_arrays, _drop_arrays],
                          ids=lambda f: f.__name__.strip("_"))
-def test_damaged_state(ckpt_copy, damage):
+def test_damaged_state(ckpt_copy, damage, checksums):
+  if not checksums:   # then Orbax's own failure is what gets translated
+    _drop_checksum(ckpt_copy)
   damage(ckpt_copy)
   with pytest.raises(CheckpointError) as excinfo:
     ckpt_lib.restore(ckpt_copy)
-  assert "corrupt checkpoint state" in _one_line_error(excinfo)
+  msg = _one_line_error(excinfo)
+  assert f"checkpoint {ckpt_copy} is corrupt: " in msg
+  if checksums:
+    assert "file state/" in msg and ("is missing" in msg or "does not match" in msg)
+  else:
+    assert "cannot read state/" in msg
+
+
+def test_flipped_byte_in_an_array_file_is_rejected(ckpt_copy):
+  data_file = _largest_state_file(ckpt_copy)
+  assert data_file.parent.name == "d"
+  _flip_a_byte(data_file)
+  with pytest.raises(CheckpointError) as excinfo:
+    ckpt_lib.restore(ckpt_copy)
+  name = data_file.relative_to(ckpt_copy).as_posix()
+  assert _one_line_error(excinfo) == (f"checkpoint {ckpt_copy} is corrupt: file {name} "
+                                      "does not match its checksum")
+  ckpt_lib.read_metadata(ckpt_copy)   # the metadata itself is intact
+
+
+def test_array_checksums_catch_what_the_file_check_misses(ckpt_copy, monkeypatch):
+  # Orbax decodes this flipped byte without complaint; only the digests of
+  # the restored arrays notice.
+  monkeypatch.setattr(ckpt_lib, "_verify_files", lambda path, digests: None)
+  _flip_a_byte(_largest_state_file(ckpt_copy))
+  with pytest.raises(CheckpointError) as excinfo:
+    ckpt_lib.restore(ckpt_copy)
+  msg = _one_line_error(excinfo)
+  assert msg.startswith(f"checkpoint {ckpt_copy} is corrupt: array ")
+  assert msg.endswith(" does not match its checksum")
+
+
+def test_restored_arrays_are_checked_against_their_digests(ckpt_copy, monkeypatch):
+  real_restore = ocp.StandardCheckpointer.restore
+
+  def altered(self, *args, **kwargs):
+    tree = real_restore(self, *args, **kwargs)
+    kernel = tree["classifier"]["params"]["head"]["kernel"]
+    tree["classifier"]["params"]["head"]["kernel"] = np.asarray(kernel) + 1
+    return tree
+
+  monkeypatch.setattr(ocp.StandardCheckpointer, "restore", altered)
+  with pytest.raises(CheckpointError) as excinfo:
+    ckpt_lib.restore(ckpt_copy)
+  assert _one_line_error(excinfo) == (f"checkpoint {ckpt_copy} is corrupt: array "
+                                      "classifier/params/head/kernel does not match its "
+                                      "checksum")
+
+
+@pytest.mark.parametrize("edit", [
+    lambda meta: meta.update(num_classes=meta["num_classes"] + 1),
+    lambda meta: meta.update(note="edited"),
+    lambda meta: meta["config"].update(seed=meta["config"]["seed"] + 1),
+    lambda meta: meta[ckpt_lib.CHECKSUM]["arrays"].update(
+        {"classifier/params/head/kernel": "0" * 64}),
+    lambda meta: meta[ckpt_lib.CHECKSUM]["files"].popitem(),
+    lambda meta: meta[ckpt_lib.CHECKSUM].update(metadata="0" * 64),
+], ids=["num-classes", "note", "nested-config", "array-digest", "file-list", "own-digest"])
+def test_tampered_metadata_is_rejected(ckpt_copy, edit):
+  _edit_metadata(ckpt_copy, edit)
+  for read in (ckpt_lib.read_metadata, ckpt_lib.restore):
+    with pytest.raises(CheckpointError) as excinfo:
+      read(ckpt_copy)
+    assert _one_line_error(excinfo) == (f"checkpoint {ckpt_copy} is corrupt: metadata.json "
+                                        "does not match its checksum")
+
+
+@pytest.mark.parametrize("checksum", [
+    "deadbeef", {"algorithm": "sha256"},
+    {"algorithm": "md5", "metadata": "0", "files": {}, "arrays": {}}],
+    ids=["string", "incomplete", "other-algorithm"])
+def test_malformed_checksum_entry_is_rejected(ckpt_copy, checksum):
+  _edit_metadata(ckpt_copy, lambda meta: meta.update({ckpt_lib.CHECKSUM: checksum}))
+  with pytest.raises(CheckpointError) as excinfo:
+    ckpt_lib.read_metadata(ckpt_copy)
+  assert f"checkpoint {ckpt_copy} is corrupt: " in _one_line_error(excinfo)
+
+
+def test_deleted_array_file_is_a_checkpoint_error(ckpt_copy):
+  data_file = _largest_state_file(ckpt_copy)
+  data_file.unlink()
+  with pytest.raises(CheckpointError) as excinfo:
+    ckpt_lib.restore(ckpt_copy)
+  name = data_file.relative_to(ckpt_copy).as_posix()
+  assert _one_line_error(excinfo) == f"checkpoint {ckpt_copy} is corrupt: file {name} is missing"
+
+
+def test_deleted_array_file_of_a_legacy_checkpoint_is_a_checkpoint_error(ckpt_copy):
+  _drop_checksum(ckpt_copy)
+  _largest_state_file(ckpt_copy).unlink()
+  with pytest.raises(CheckpointError) as excinfo:   # not tensorstore's or asyncio's error
+    ckpt_lib.restore(ckpt_copy)
+  assert "cannot read state/" in _one_line_error(excinfo)
+
+
+def test_closed_event_loop_reports_are_dropped_and_others_kept(monkeypatch):
+  seen = []
+  monkeypatch.setattr(sys, "unraisablehook", seen.append)
+
+  def report(exc):
+    return types.SimpleNamespace(exc_type=type(exc), exc_value=exc, exc_traceback=None,
+                                 err_msg=None, object=None)
+
+  undo = ckpt_lib._silence_closed_loop_reports()
+  assert ckpt_lib._silence_closed_loop_reports()() is None   # installs only once
+  closed, other = report(RuntimeError("Event loop is closed")), report(ValueError("x"))
+  sys.unraisablehook(closed)
+  sys.unraisablehook(other)
+  assert seen == [other]
+  undo()
+  assert sys.unraisablehook == seen.append
+
+
+def test_checkpoint_without_checksum_still_restores(tiny_ckpt, ckpt_copy):
+  _drop_checksum(ckpt_copy)
+  ck = ckpt_lib.restore(ckpt_copy)
+  assert ckpt_lib.CHECKSUM not in ck.metadata
+  assert_trees_identical(ck.classifier.params, tiny_ckpt[1].params)
+  assert_trees_identical(ck.generator.params, tiny_ckpt[2].params)
+  assert ckpt_lib.read_metadata(ckpt_copy) == ck.metadata
+
+
+def test_directory_without_metadata_but_with_state_is_incomplete(ckpt_copy):
+  (ckpt_copy / "metadata.json").unlink()
+  for read in (ckpt_lib.read_metadata, ckpt_lib.restore):
+    with pytest.raises(CheckpointError) as excinfo:
+      read(ckpt_copy)
+    assert _one_line_error(excinfo) == (f"checkpoint {ckpt_copy} is incomplete: "
+                                        "no metadata.json")
+
+
+def test_leftover_temporary_directory_is_incomplete(tiny_ckpt, tmp_path):
+  # What a killed `save` leaves, here in its last instant: complete inside.
+  leftover = tmp_path / ".ckpt.k2x9q1ab.partial"
+  shutil.copytree(tiny_ckpt[0], leftover)
+  for read in (ckpt_lib.read_metadata, ckpt_lib.restore):
+    with pytest.raises(CheckpointError) as excinfo:
+      read(leftover)
+    assert "is incomplete" in _one_line_error(excinfo)
 
 
 def test_save_into_an_existing_directory_raises_and_leaves_it_untouched(tiny_ckpt, tmp_path):
@@ -264,3 +444,67 @@ def test_save_then_restore_again_after_a_failed_save(tmp_path, monkeypatch):
   assert not target.exists()
   path, cls, *_ = make_tiny_checkpoint(target, seed=3)
   assert_trees_identical(ckpt_lib.restore(path).classifier.params, cls.params)
+
+
+def _interrupt(*args, **kwargs):
+  raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("where", ["orbax-save", "metadata-write"])
+def test_interrupted_save_leaves_nothing_behind(tiny_ckpt, tmp_path, monkeypatch, where):
+  _, cls, gen, prompts, meta = tiny_ckpt
+  written = []
+  if where == "orbax-save":
+    monkeypatch.setattr(ocp.StandardCheckpointer, "save", _interrupt)
+  else:   # after Orbax wrote every array into the temporary directory
+    def interrupt_after_state(path, text):
+      written.extend(p.name for p in path.parent.iterdir())
+      _interrupt()
+    monkeypatch.setattr(ckpt_lib, "_write_synced", interrupt_after_state)
+  target = tmp_path / "parent" / "ckpt"
+  with pytest.raises(KeyboardInterrupt):
+    ckpt_lib.save(target, cls, gen, prompts, meta)
+  assert not target.exists()
+  assert list((tmp_path / "parent").iterdir()) == []   # no temporary directory either
+  if where == "metadata-write":
+    assert written == ["state"]
+
+
+def test_non_finite_metadata_is_written_as_null(tiny_ckpt, tmp_path):
+  _, cls, gen, prompts, meta = tiny_ckpt
+  extra = {"loss": float("nan"), "bounds": [float("-inf"), 1.5, float("inf")],
+           "nested": {"acc": np.float32("nan"), "count": 3}}
+  path = ckpt_lib.save(tmp_path / "nan", cls, gen, prompts, dict(meta, **extra))
+  text = (path / "metadata.json").read_text()
+  assert "NaN" not in text and "Infinity" not in text
+  written = _strict_json(text)
+  assert written["loss"] is None and written["bounds"] == [None, 1.5, None]
+  assert written["nested"] == {"acc": None, "count": 3}
+  ck = ckpt_lib.restore(path)   # its checksum covers the nulls
+  assert ck.metadata["loss"] is None
+
+
+def test_strict_json_parser_refuses_bare_nan():
+  with pytest.raises(ValueError):
+    _strict_json(json.dumps({"x": float("nan")}))
+
+
+def test_finite_or_null():
+  value = {"a": (1.0, float("inf")), "b": [np.float64("-inf"), np.float32(2.5)], "c": 7,
+           "d": True, "e": None, "f": "NaN", 3: float("nan")}
+  assert jsonutil.finite_or_null(value) == {"a": [1.0, None], "b": [None, 2.5], "c": 7,
+                                            "d": True, "e": None, "f": "NaN", 3: None}
+  assert _strict_json(jsonutil.dumps({"x": [math.nan, 1]})) == {"x": [None, 1]}
+
+
+def test_resaving_restored_metadata_gets_fresh_checksums(tiny_ckpt, tmp_path):
+  """As `geniu unlearn` does: metadata of a restored checkpoint plus a report."""
+  ck = ckpt_lib.restore(tiny_ckpt[0])
+  old = ck.metadata[ckpt_lib.CHECKSUM]
+  path = ckpt_lib.save(tmp_path / "again", ck.classifier, ck.generator, ck.prompts,
+                       dict(ck.metadata, unlearned={"rounds_run": 2}))
+  again = ckpt_lib.restore(path)
+  assert again.metadata["unlearned"] == {"rounds_run": 2}
+  new = again.metadata[ckpt_lib.CHECKSUM]
+  assert new["metadata"] != old["metadata"]
+  assert new["arrays"] == old["arrays"]   # same arrays, same digests

@@ -235,11 +235,11 @@ def _main_capturing_stderr(argv) -> tuple[int, str]:
 
 
 def _without_training_records(src: Path, dst: Path) -> Path:
-  """A copy of checkpoint `src` whose metadata has no checks and no history, as
-  written before either existed."""
+  """A copy of checkpoint `src` whose metadata has no checks, no history and no
+  checksum, as written before any of them existed."""
   shutil.copytree(src, dst)
   meta = json.loads((dst / "metadata.json").read_text())
-  for key in ("checks", "history"):
+  for key in ("checks", "history", "checksum"):
     meta.pop(key, None)
   (dst / "metadata.json").write_text(json.dumps(meta))
   return dst
@@ -474,7 +474,7 @@ def test_unlearn_reads_the_history_of_checkpoints_without_checks(capsys, tmp_pat
   old = tmp_path / "old"
   shutil.copytree(never_trained[0], old)
   meta = json.loads((old / "metadata.json").read_text())
-  del meta["checks"]
+  del meta["checks"], meta["checksum"]   # checksums came after checks
   (old / "metadata.json").write_text(json.dumps(meta))
   out = tmp_path / "out"
   rc, _, err = run_cli(capsys, "unlearn", "--ckpt", old, "--forget", "1", "--out", out)

@@ -149,7 +149,9 @@ def test_idx_real_fashion_mnist(real_fmnist):
 def test_npz_uint8_hw(tmp_path):
     rng = np.random.default_rng(1)
     x = rng.integers(0, 256, (10, 28, 28), dtype=np.uint8)
-    np.savez(tmp_path / "d.npz", x_train=x, y_train=np.arange(10) % 3, x_test=x[:4], y_test=np.array([0, 1, 2, 5]))
+    # Classes 3 and 4 have no image, so K is declared rather than inferred.
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=np.arange(10) % 3, x_test=x[:4], y_test=np.array([0, 1, 2, 5]),
+             num_classes=6)
     ds = load(f"npz:{tmp_path / 'd.npz'}")
     _check(ds, (28, 28, 1), 6)
     np.testing.assert_allclose(ds.x_train[..., 0], x / 255.0, atol=1e-7)

@@ -32,7 +32,7 @@ UNLEARNING_FIELDS = ("unlearn_lr", "unlearn_rounds", "stop_forget_prob", "retain
 # minutes of CPU). Anything not listed is keyed on every field, the safe side.
 IGNORES_UNLEARNING_FIELDS = frozenset({
     "original", "retrain", "gkt", "unsir", "ir", "ir_relabel", "unrolling",
-    "proxy_diagnostics", "geniu_proxies", "perception", "training_cost"})
+    "proxy_diagnostics", "batch_diagnostics", "geniu_proxies", "perception", "training_cost"})
 # The paper's presets adapt to the image size (CIFAR-10 schedule at 32x32).
 IMAGE_SHAPES = {"cifar10": (32, 32, 3)}
 
@@ -160,10 +160,17 @@ def method_config(cell: Cell, method: MethodSpec) -> Config:
   return dataclasses.replace(cell.config(), **dict(method.overrides))
 
 
+# Fields that decide nothing while sharpening is off (sharpen_target None).
+_SHARPENING_DETAILS = ("sharpen_step", "sharpen_steps", "sharpen_mode")
+
+
 def config_fields(cfg: Config, exclude: Sequence[str] = ()) -> dict[str, Any]:
-  """The fields of `cfg` that differ from the Config defaults."""
+  """The fields of `cfg` that differ from the Config defaults and decide the numbers."""
   default = Config().to_dict()
-  return {k: v for k, v in cfg.to_dict().items() if k not in exclude and v != default[k]}
+  fields = cfg.to_dict()
+  if fields["sharpen_target"] is None:
+    exclude = tuple(exclude) + _SHARPENING_DETAILS
+  return {k: v for k, v in fields.items() if k not in exclude and v != default[k]}
 
 
 def record_key(cell: Cell, method: MethodSpec) -> str:

@@ -7,13 +7,14 @@ as in the GENIU paper.
 """
 
 from geniu_jax.data.imbalance import class_counts, format_counts, make_imbalanced, parse_imbalance
-from geniu_jax.data.sources import DataError, Dataset, from_arrays, load
+from geniu_jax.data.sources import DataError, Dataset, check_image_shape, from_arrays, load
 
 __all__ = [
     "DataError",
     "Dataset",
     "load",
     "from_arrays",
+    "check_image_shape",
     "parse_imbalance",
     "make_imbalanced",
     "class_counts",

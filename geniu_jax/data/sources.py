@@ -14,6 +14,12 @@ Source strings accepted by `load`:
 * ``idx:<dir>`` -- the four standard IDX files, plain or gzipped (``.gz``).
 * ``npz:<path>`` -- arrays ``x_train``, ``y_train``, ``x_test``, ``y_test``;
   uint8 images are scaled by 1/255, float images must already be in [0, 1].
+  An optional scalar ``num_classes`` array declares K; without it K is the
+  largest label + 1 and every class id below it must have a sample.
+
+Images may have any height and width >= 1 (AllCNN pools globally; the VAE
+generator crops its decoder's output to the input size) and 1 to 4 channels;
+anything else, notably a channels-first [N, C, H, W] array, is refused.
 * ``embedded`` -- the stratified Fashion-MNIST subset shipped in the package
   (540 train + 135 test images per class; see LICENSE-fashion-mnist.txt).
 """
@@ -29,11 +35,18 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["DataError", "Dataset", "load", "from_arrays", "read_idx", "read_idx_dir", "TFDS_NAMES"]
+__all__ = ["DataError", "Dataset", "load", "from_arrays", "check_image_shape", "read_idx", "read_idx_dir",
+           "TFDS_NAMES", "MIN_CLASSES", "MAX_CHANNELS"]
 
 #: tfds datasets that `load` accepts; all have 10 classes.
 TFDS_NAMES = ("mnist", "fashion_mnist", "kmnist", "cifar10")
 _KNOWN_NUM_CLASSES = 10
+#: Unlearning a class needs at least one class left to retain.
+MIN_CLASSES = 2
+#: Grayscale, grayscale + alpha, RGB, RGBA. More channels almost always means a
+#: channels-first array read as channels-last.
+MAX_CHANNELS = 4
+_SUPPORTED_SHAPES = f"[H, W, C] with H, W >= 1 and 1 <= C <= {MAX_CHANNELS} (channels last)"
 _SPLIT_KEYS = ("x_train", "y_train", "x_test", "y_test")
 _IDX_UBYTE = 0x08  # IDX magic: two zero bytes, a type code (0x08 = ubyte), the rank.
 _IDX_FILES = {  # key -> (standard file stem, expected rank)
@@ -84,6 +97,29 @@ class Dataset(NamedTuple):
         return tuple(int(d) for d in self.x_train.shape[1:])
 
 
+def check_image_shape(shape, what: str) -> tuple[int, int, int]:
+    """Validates one image's (H, W, C) against what the models support.
+
+    Raises:
+        DataError: Not three integers, a zero-sized side, or a channel count
+            outside [1, MAX_CHANNELS].
+    """
+    try:
+        hwc = tuple(shape)
+    except TypeError:
+        hwc = None
+    if (hwc is None or len(hwc) != 3
+            or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in hwc)):
+        raise DataError(f"{what}: image shape must be {_SUPPORTED_SHAPES}, got {shape!r}")
+    h, w, c = (int(d) for d in hwc)
+    if h < 1 or w < 1 or not 1 <= c <= MAX_CHANNELS:
+        hint = ""
+        if c > MAX_CHANNELS and h <= MAX_CHANNELS:
+            hint = "; channels-first data must be transposed to [N, H, W, C]"
+        raise DataError(f"{what}: image shape must be {_SUPPORTED_SHAPES}, got {[h, w, c]}{hint}")
+    return h, w, c
+
+
 def _images(x, what: str) -> np.ndarray:
     """Validates images and converts them to float32 NHWC in [0, 1]."""
     x = np.asarray(x)
@@ -91,6 +127,7 @@ def _images(x, what: str) -> np.ndarray:
         x = x[..., None]
     if x.ndim != 4 or x.shape[0] == 0:
         raise DataError(f"{what}: expected non-empty [N,H,W] or [N,H,W,C] images, got shape {x.shape}")
+    check_image_shape(x.shape[1:], what)
     if np.issubdtype(x.dtype, np.integer):
         # uint8 is the norm; wider integer types (common in hand-made npz
         # files) are accepted only when they really hold 8-bit pixel values.
@@ -134,14 +171,18 @@ def from_arrays(x_train, y_train, x_test, y_test, num_classes: int | None = None
         y_train: Train labels [N] (or [N, 1]), non-negative integers.
         x_test: Test images, same per-image shape as `x_train`.
         y_test: Test labels [M].
-        num_classes: K; defaults to the largest label (train and test) + 1.
+        num_classes: K; defaults to the largest label (train and test) + 1,
+            and then every class id below it must label at least one image
+            (train or test): a class with no image at all is a stray label
+            such as 12 in 10-class data, not a class.
         name: Recorded in `Dataset.name`.
 
     Returns:
         The dataset with float32 images and int32 labels.
 
     Raises:
-        DataError: On bad shapes, dtypes, pixel ranges or labels >= K.
+        DataError: On bad shapes, dtypes, pixel ranges, labels >= K, fewer
+            than 2 classes, or (K inferred) class ids with no image.
     """
     xtr, xte = _images(x_train, f"{name} x_train"), _images(x_test, f"{name} x_test")
     if xtr.shape[1:] != xte.shape[1:]:
@@ -150,9 +191,21 @@ def from_arrays(x_train, y_train, x_test, y_test, num_classes: int | None = None
     yte = _labels(y_test, xte.shape[0], f"{name} y_test")
     top = int(max(ytr.max(), yte.max()))
     if num_classes is None:
+        absent = np.setdiff1d(np.arange(top + 1), np.concatenate([ytr, yte]))
+        if absent.size:
+            shown = ", ".join(map(str, absent[:5])) + (", ..." if absent.size > 5 else "")
+            raise DataError(
+                f"{name}: label {top} is out of range: labels must be the class ids 0..K-1 with "
+                f"every class present, but no image has label {shown} (an npz may declare K in a "
+                f"'num_classes' array)")
         num_classes = top + 1
     elif top >= num_classes:
-        raise DataError(f"{name}: label {top} is out of range for {num_classes} classes")
+        raise DataError(
+            f"{name}: label {top} is out of range for {num_classes} classes (labels must be in [0, {num_classes}))")
+    if num_classes < MIN_CLASSES:
+        raise DataError(
+            f"{name}: the labels give K = {num_classes}, but unlearning needs at least {MIN_CLASSES} classes "
+            "(labels 0..K-1)")
     return Dataset(xtr, ytr, xte, yte, int(num_classes), name)
 
 
@@ -240,8 +293,16 @@ def _load_tfds(name: str, source: str) -> Dataset:
     return from_arrays(*arrays, num_classes=_KNOWN_NUM_CLASSES, name=source)
 
 
-def _load_npz_file(file, what: str) -> dict[str, np.ndarray]:
-    """Reads the four split arrays from an npz path or binary file object."""
+def _declared_classes(value, what: str) -> int:
+    """The optional ``num_classes`` array of an npz: one integer."""
+    k = np.asarray(value)
+    if k.size != 1 or not np.issubdtype(k.dtype, np.integer):
+        raise DataError(f"{what}: 'num_classes' must be one integer, got {k.dtype} with shape {k.shape}")
+    return int(k.reshape(()))
+
+
+def _load_npz_file(file, what: str) -> dict:
+    """Reads the four split arrays (and ``num_classes`` if declared) from an npz path or binary file object."""
     try:
         z = np.load(file, allow_pickle=False)
         if not isinstance(z, np.lib.npyio.NpzFile):  # np.load also reads bare .npy files.
@@ -250,7 +311,10 @@ def _load_npz_file(file, what: str) -> dict[str, np.ndarray]:
             missing = [k for k in _SPLIT_KEYS if k not in z.files]
             if missing:
                 raise DataError(f"{what}: missing arrays {', '.join(missing)} (need {', '.join(_SPLIT_KEYS)})")
-            return {k: z[k] for k in _SPLIT_KEYS}
+            arrays = {k: z[k] for k in _SPLIT_KEYS}
+            if "num_classes" in z.files:
+                arrays["num_classes"] = _declared_classes(z["num_classes"], what)
+            return arrays
     except DataError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
@@ -263,7 +327,8 @@ def _load_embedded() -> Dataset:
         raise DataError("embedded: geniu_jax/data/embedded_fmnist.npz is missing from the installed package")
     with resource.open("rb") as f:
         arrays = _load_npz_file(f, "embedded")
-    return from_arrays(**arrays, num_classes=_KNOWN_NUM_CLASSES, name="embedded")
+    arrays["num_classes"] = _KNOWN_NUM_CLASSES
+    return from_arrays(**arrays, name="embedded")
 
 
 def load(source: str) -> Dataset:

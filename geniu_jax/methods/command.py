@@ -21,13 +21,13 @@ original training).
 from __future__ import annotations
 
 import dataclasses
-import json
 import numbers
 from typing import Any, Callable
 
 import jax
 import numpy as np
 
+from geniu_jax import jsonutil
 from geniu_jax.config import Config
 from geniu_jax.methods import registry
 from geniu_jax.methods.registry import Access
@@ -75,10 +75,7 @@ def gather_inputs(method: registry.Method, ck, forget, log: Callable | None) -> 
   from geniu_jax import runs
   meta = ck.metadata
   available: dict[str, Any] = {}
-  if method.access & {Access.RETAINED_DATA, Access.ALL_DATA}:
-    data = runs.prepare_data(meta["data_source"], meta["majority"], meta["imbalance"],
-                             meta["seed"], log=log)
-    available.update(registry.inputs_from(data.x_train, data.y_train, forget))
+  # What the checkpoint lacks is refused before the data is loaded.
   if Access.ARTIFACTS in method.access:
     if ck.generator is None:
       raise ValueError(f"method {method.name!r} needs GENIU's generator and prompts; "
@@ -89,6 +86,16 @@ def gather_inputs(method: registry.Method, ck, forget, log: Callable | None) -> 
       raise ValueError(f"method {method.name!r} needs baseline records; the checkpoint has "
                        "none (train it with --record-baselines)")
     available["records"] = ck.records
+  if method.access & {Access.RETAINED_DATA, Access.ALL_DATA}:
+    data = runs.prepare_data(meta["data_source"], meta["majority"], meta["imbalance"],
+                             meta["seed"], log=log)
+    # The source may have changed since training (an npz rewritten in place).
+    shape = [int(d) for d in data.x_train.shape[1:]]
+    if shape != list(meta["image_shape"]) or data.num_classes != meta["num_classes"]:
+      raise ValueError(f"data {meta['data_source']} ({shape}, {data.num_classes} classes) no "
+                       f"longer fits the checkpoint ({meta['image_shape']}, "
+                       f"{meta['num_classes']} classes)")
+    available.update(registry.inputs_from(data.x_train, data.y_train, forget))
   return available
 
 
@@ -121,5 +128,5 @@ def cli_unlearn(args, ck, forget, cfg: Config, log: Callable[[str], None] | None
         f"{'n/a' if compile_ms is None else f'{compile_ms:.0f} ms'}); "
         f"checkpoint written to {args.out}")
   if getattr(args, "json", False):
-    print(json.dumps(report), flush=True)
+    print(jsonutil.dumps(report), flush=True)
   return 0
