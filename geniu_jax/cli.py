@@ -18,6 +18,7 @@ from typing import Sequence
 from geniu_jax import checkpoint as ckpt_lib
 from geniu_jax import compile_cache
 from geniu_jax import data as data_lib
+from geniu_jax import forget_requests as requests_lib
 from geniu_jax import jsonutil
 from geniu_jax import validate
 from geniu_jax.config import (FORGET_LOSSES, PRESETS, RETAIN_TARGETS, SHARPEN_MODES, Config,
@@ -105,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
   p = sub.add_parser("evaluate", help="Acc_r / Acc_f / per-class accuracy on the test split")
   p.add_argument("--ckpt", required=True)
   p.add_argument("--data", required=True)
-  p.add_argument("--forget", type=int, nargs="+", required=True)
+  p.add_argument("--forget", type=int, nargs="+",
+                 help="the forgotten classes (default: every class the checkpoint has forgotten)")
   p.add_argument("--json", action="store_true")
 
   p = sub.add_parser("demo", help="original vs retrain vs GENIU on the embedded data")
@@ -196,7 +198,14 @@ def cmd_unlearn(args) -> int:
   # models and reads the arrays.
   meta = ckpt_lib.read_metadata(args.ckpt)
   stored = validate.check_metadata(meta, args.ckpt)
-  forget = runs.check_classes(args.forget, meta["num_classes"], "forget")
+  requested = runs.check_classes(args.forget, meta["num_classes"], "forget")
+  try:
+    forget = requests_lib.plan(meta, requested, f"checkpoint {args.ckpt}")
+  except requests_lib.NothingToForget as err:
+    raise UsageError(str(err)) from None
+  if forget != sorted(requested):
+    _log(f"forgetting {forget}: {requests_lib.forgotten(meta)} forgotten by earlier requests "
+         "stay forgotten")
   has_generator = meta.get("has_generator", True)   # what `restore` goes by
   # A generator left at its initialisation maps the prompts to proxies that
   # carry nothing of their classes (Alg. 2): tuning on them is not GENIU's
@@ -218,7 +227,7 @@ def cmd_unlearn(args) -> int:
   cfg = Config.from_dict(meta["config"])
   if args.method != "geniu":
     from geniu_jax.methods import registry
-    return registry.cli_unlearn(args, ck, forget, cfg, log=_log)
+    return registry.cli_unlearn(args, ck, forget, cfg, log=_log, requested=requested)
   if ck.generator is None:
     raise UsageError(f"checkpoint {args.ckpt} has no GENIU generator and prompts")
   prompts = ck.prompts
@@ -239,15 +248,24 @@ def cmd_unlearn(args) -> int:
   out = runs.geniu_unlearn_timed(ck.classifier, ck.generator, prompts, forget,
                                  rounds=rounds, lr=lr, stop_forget_prob=stop,
                                  objective=objective, sharpen=sharpen)
-  report = {"method": "geniu", "forget": list(forget), "rounds_run": out.rounds_run,
+  checks = runs.proxy_checks(out.info)
+  report = {"method": "geniu", "forget": list(forget), "requested": list(requested),
+            "rounds_run": out.rounds_run, **checks,
             "objective": objective._asdict(), "sharpen_target": cfg.sharpen_target,
             "sharpen_mode": cfg.sharpen_mode,
             "proxies": int(prompts.shape[0]),
             "unlearn_ms": round(out.unlearn_ms, 3), "compile_ms": round(out.compile_ms, 3)}
-  new_meta = dict(meta, unlearned=report)
-  ckpt_lib.save(args.out, out.classifier, ck.generator, ck.prompts, new_meta)
+  ckpt_lib.save(args.out, out.classifier, ck.generator, ck.prompts,
+                requests_lib.record(meta, requested, forget, report))
   _log(f"unlearned in {out.unlearn_ms:.1f} ms ({out.rounds_run} rounds; compile "
-       f"{out.compile_ms:.0f} ms); checkpoint written to {args.out}")
+       f"{out.compile_ms:.0f} ms); forgotten proxies' own-class probability "
+       f"{checks['forget_proxy_prob_before']:.3f} -> {checks['forget_proxy_prob']:.3f}, "
+       f"retained proxies correct {checks['retained_proxy_acc']:.3f}; checkpoint written to "
+       f"{args.out}")
+  if checks["forget_proxy_prob"] > runs.NOT_FORGOTTEN_PROB:
+    _log(f"warning: after {out.rounds_run} rounds the forgotten proxies still get their class "
+         f"with mean probability {checks['forget_proxy_prob']:.3f}: the class is probably "
+         "not forgotten; try more --rounds or a larger --lr")
   _emit(report, args.json)
   return 0
 
@@ -256,6 +274,11 @@ def cmd_evaluate(args) -> int:
   from geniu_jax import runs
   meta = ckpt_lib.read_metadata(args.ckpt)
   validate.check_metadata(meta, args.ckpt)
+  if args.forget is None:
+    args.forget = requests_lib.forgotten(meta)
+    if not args.forget:
+      raise UsageError(f"argument --forget: checkpoint {args.ckpt} has forgotten nothing; "
+                       "name the classes to score as forgotten")
   forget = runs.check_classes(args.forget, meta["num_classes"], "forget")
   ds = data_lib.load(args.data)
   if list(ds.image_shape) != meta["image_shape"] or ds.num_classes != meta["num_classes"]:
@@ -264,10 +287,18 @@ def cmd_evaluate(args) -> int:
         f"checkpoint {args.ckpt} ({meta['image_shape']}, {meta['num_classes']} classes)")
   ck = ckpt_lib.restore(args.ckpt)
   result = runs.evaluate(ck.classifier, ds.x_test, ds.y_test, ds.num_classes, forget)
-  print(f"Acc_r {result['acc_r']:.4f}  Acc_f {result['acc_f']:.4f}")
-  print("per class: " + " ".join(f"{k}:{a:.3f}" for k, a in enumerate(result["per_class"])))
+  print(f"forgotten classes {list(forget)}: Acc_r {_acc(result['acc_r'])}  "
+        f"Acc_f {_acc(result['acc_f'])}")
+  print("per class: " + " ".join(f"{k}:{_acc(a, 3)}" for k, a in enumerate(result["per_class"])))
+  if result.get("missing"):
+    _log(f"note: the test split has no image of class(es) {result['missing']}: their "
+         "accuracies are n/a (null in --json), not 0")
   _emit(result, args.json)
   return 0
+
+
+def _acc(value, digits: int = 4) -> str:
+  return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def cmd_demo(args) -> int:

@@ -47,13 +47,24 @@ def per_class_counts(classifier: F.SplitModel, x: np.ndarray, y: np.ndarray,
 
 def unlearning_accuracies(correct: np.ndarray, count: np.ndarray,
                           forget: Sequence[int]) -> dict:
-  """{"acc_r", "acc_f", "per_class"} from per-class sums (Acc over samples, not classes)."""
+  """{"acc_r", "acc_f", "per_class"} from per-class sums (Acc over samples, not classes).
+
+  An accuracy over no samples is None, never 0 (an Acc_f of 0 would read as
+  perfect forgetting), and `missing` names the classes without samples.
+  """
   forget_mask = np.zeros(len(count), bool)
   forget_mask[list(forget)] = True
+
   def ratio(mask):
-    return float(correct[mask].sum() / max(count[mask].sum(), 1))
-  per_class = [float(c / n) if n else float("nan") for c, n in zip(correct, count)]
-  return {"acc_r": ratio(~forget_mask), "acc_f": ratio(forget_mask), "per_class": per_class}
+    n = count[mask].sum()
+    return float(correct[mask].sum() / n) if n else None
+
+  per_class = [float(c / n) if n else None for c, n in zip(correct, count)]
+  out = {"acc_r": ratio(~forget_mask), "acc_f": ratio(forget_mask), "per_class": per_class}
+  missing = [k for k, n in enumerate(count) if not n]
+  if missing:
+    out["missing"] = missing
+  return out
 
 
 def evaluate(classifier: F.SplitModel, x: np.ndarray, y: np.ndarray, num_classes: int,

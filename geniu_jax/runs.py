@@ -141,5 +141,19 @@ def geniu_unlearn_timed(classifier: F.SplitModel, generator: F.SplitModel, promp
   return UnlearnOutcome(tuned, unlearn_ms, compile_ms, int(info.rounds_run), info)
 
 
+# Above this mean own-class probability of the forgotten proxies after
+# tuning, `geniu unlearn` warns that the class was probably not forgotten.
+NOT_FORGOTTEN_PROB = 0.5
+
+
+def proxy_checks(info: unlearn_lib.TuningInfo) -> dict:
+  """The proxy checks of a tuning run, before and after (JSON-able floats)."""
+  last = int(info.rounds_run)
+  return {"forget_proxy_prob_before": float(info.forget_prob[0]),
+          "forget_proxy_prob": float(info.forget_prob[last]),
+          "retained_proxy_acc_before": float(info.retain_proxy_acc[0]),
+          "retained_proxy_acc": float(info.retain_proxy_acc[last])}
+
+
 def evaluate(classifier: F.SplitModel, x, y, num_classes: int, forget: Sequence[int]) -> dict:
   return metrics.evaluate(classifier, x, y, num_classes, forget)

@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -479,3 +480,51 @@ def test_unlearn_reads_the_history_of_checkpoints_without_checks(capsys, tmp_pat
   out = tmp_path / "out"
   rc, _, err = run_cli(capsys, "unlearn", "--ckpt", old, "--forget", "1", "--out", out)
   assert_usage_error(rc, err, out, contains="never trained")
+
+
+def _own_class_prob(path, k: int) -> float:
+  """Mean probability the checkpoint's classifier gives class k's proxies their class."""
+  from geniu_jax.geniu.generator import make_proxies
+  from geniu_jax.geniu.prompts import prompt_labels
+  ck = ckpt_lib.restore(path)
+  c, g = ck.classifier, ck.generator
+  proxies = make_proxies(g.graphdef, g.params, ck.prompts)
+  labels = np.asarray(prompt_labels(10, ck.prompts.shape[0] // 10))
+  probs = np.asarray(jax.nn.softmax(F.classifier_logits(c.graphdef, c.params, c.stats, proxies)))
+  return float(probs[labels == k, k].mean())
+
+
+def test_a_later_request_forgets_the_union_and_never_relearns(smoke_run, tmp_path, capsys):
+  _, b, _ = smoke_run                         # class 9 forgotten
+  c = tmp_path / "C"
+  # Eq. 10 pulls every proxy that is not forgotten toward its label: a request
+  # that forgot only class 0 would pull class 9's proxies back into class 9.
+  rc, text = _main_capturing_stdout(["unlearn", "--ckpt", b, "--forget", "0", "--out", c,
+                                     "--retain-target", "label", "--forget-loss", "inv_ce",
+                                     "--no-sharpen", "--json"])
+  assert rc == 0
+  report = json.loads(text.strip().splitlines()[-1])
+  assert report["forget"] == [0, 9] and report["requested"] == [0]
+  meta = ckpt_lib.read_metadata(c)
+  assert meta["forgotten"] == [0, 9] and meta["unlearned"] == report
+  assert [r["requested"] for r in meta["requests"]] == [[9], [0]]
+  assert [r["forget"] for r in meta["requests"]] == [[9], [0, 9]]
+  assert _own_class_prob(c, 9) <= _own_class_prob(b, 9) + 0.02
+  for key in ("forget_proxy_prob", "forget_proxy_prob_before", "retained_proxy_acc"):
+    assert 0.0 <= report[key] <= 1.0
+  # Asking again for a class already forgotten changes nothing and writes nothing.
+  capsys.readouterr()
+  again = tmp_path / "D"
+  rc, _, err = run_cli(capsys, "unlearn", "--ckpt", c, "--forget", "9", "--out", again)
+  assert_usage_error(rc, err, again, contains="already forgotten")
+
+
+def test_evaluate_defaults_to_every_forgotten_class(smoke_run, capsys):
+  _, b, _ = smoke_run
+  rc, out, _ = run_cli(capsys, "evaluate", "--ckpt", b, "--data", "embedded", "--json")
+  assert rc == 0
+  assert "forgotten classes [9]" in out
+  explicit = json.loads(out.strip().splitlines()[-1])
+  rc, out, _ = run_cli(capsys, "evaluate", "--ckpt", b, "--data", "embedded", "--forget", "9",
+                       "--json")
+  assert json.loads(out.strip().splitlines()[-1]) == explicit

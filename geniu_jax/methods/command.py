@@ -99,9 +99,16 @@ def gather_inputs(method: registry.Method, ck, forget, log: Callable | None) -> 
   return available
 
 
-def cli_unlearn(args, ck, forget, cfg: Config, log: Callable[[str], None] | None = print) -> int:
-  """Runs `args.method` on checkpoint `ck`, writes `args.out`, optionally prints JSON."""
+def cli_unlearn(args, ck, forget, cfg: Config, log: Callable[[str], None] | None = print,
+                requested=None) -> int:
+  """Runs `args.method` on checkpoint `ck`, writes `args.out`, optionally prints JSON.
+
+  `forget` is every class to forget (earlier requests' included, see
+  `geniu_jax.forget_requests`); `requested` the classes this request named.
+  """
   from geniu_jax import checkpoint as ckpt_lib
+  from geniu_jax import forget_requests as requests_lib
+  requested = list(forget) if requested is None else list(requested)
   name = args.method
   if name not in registry.METHODS:
     raise ValueError(f"unknown method {name!r}; registered: {sorted(registry.METHODS)}")
@@ -116,12 +123,12 @@ def cli_unlearn(args, ck, forget, cfg: Config, log: Callable[[str], None] | None
   classifier, info = registry.run_method(
       name, cfg, key, classifier=ck.classifier, forget=forget,
       num_classes=meta["num_classes"], image_shape=meta["image_shape"], **available)
-  report = {"method": name, "forget": list(forget),
+  report = {"method": name, "forget": list(forget), "requested": requested,
             "unlearn_ms": info.get("unlearn_ms"), "compile_ms": info.get("compile_ms")}
   report.update({k: v for k, v in info.items() if k not in report})
   report = jsonable(report)
   ckpt_lib.save(args.out, classifier, ck.generator, ck.prompts,
-                dict(meta, unlearned=report))
+                requests_lib.record(meta, requested, forget, report))
   if log:
     compile_ms = report["compile_ms"]
     log(f"unlearned in {report['unlearn_ms']:.1f} ms (compile "

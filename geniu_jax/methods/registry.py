@@ -133,7 +133,7 @@ def access_table() -> dict[str, list[str]]:
   return {name: sorted(a.value for a in m.access) for name, m in sorted(METHODS.items())}
 
 
-def cli_unlearn(args, ck, forget, cfg: Config, log=print) -> int:
+def cli_unlearn(args, ck, forget, cfg: Config, log=print, requested=None) -> int:
   """`geniu unlearn --method NAME ...` for a registered method; see `methods.command`."""
   from geniu_jax.methods import command
-  return command.cli_unlearn(args, ck, forget, cfg, log=log)
+  return command.cli_unlearn(args, ck, forget, cfg, log=log, requested=requested)
