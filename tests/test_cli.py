@@ -329,7 +329,7 @@ def test_evaluate_shows_acc_f_falling(capsys, smoke_run):
                            "--forget", "9", "--json")
     assert rc == 0, err
     lines = out.strip().splitlines()
-    assert lines[0].startswith("Acc_r ") and "Acc_f " in lines[0]
+    assert lines[0].startswith("forgotten classes [9]: Acc_r ") and "Acc_f " in lines[0]
     results[name] = json.loads(lines[-1])
     assert len(results[name]["per_class"]) == 10
     assert f"Acc_f {results[name]['acc_f']:.4f}" in lines[0]

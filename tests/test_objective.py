@@ -102,7 +102,9 @@ def test_unknown_objective_fields_are_rejected():
   with pytest.raises(ValueError, match="retained target"):
     unlearn_lib.Objective("soft", "inv_ce").check()
   with pytest.raises(ValueError, match="forget loss"):
-    unlearn_lib.objective_from_config(Config(forget_loss="hinge"))
+    unlearn_lib.Objective("label", "hinge").check()
+  with pytest.raises(ValueError, match="forget_loss"):  # a Config refuses it on construction
+    Config(forget_loss="hinge")
 
 
 def test_objective_from_config_and_old_checkpoints_restore_eq10():
