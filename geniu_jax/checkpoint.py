@@ -245,6 +245,26 @@ def save(directory: str | os.PathLike, classifier: F.SplitModel,
   meta.update(has_generator=generator is not None, has_records=records is not None)
   meta = json.loads(jsonutil.dumps(meta))
   target.parent.mkdir(parents=True, exist_ok=True)
+  global _saves_in_progress
+  _saves_in_progress += 1
+  try:
+    _write(target, classifier, generator, prompts, meta, records)
+  finally:
+    _saves_in_progress -= 1
+  return target
+
+
+# Saves under way: an interrupt handler that exits at once must instead let
+# them unwind through their cleanup (`geniu_jax.cli.console_main`).
+_saves_in_progress = 0
+
+
+def saving() -> bool:
+  """Whether a `save` is writing now."""
+  return _saves_in_progress > 0
+
+
+def _write(target: Path, classifier, generator, prompts, meta: dict, records) -> None:
   done = False
   tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=_TMP_SUFFIX,
                               dir=target.parent))
@@ -266,7 +286,6 @@ def save(directory: str | os.PathLike, classifier: F.SplitModel,
   finally:
     if not done:
       shutil.rmtree(tmp, ignore_errors=True)
-  return target
 
 
 def _check_complete(path: Path) -> None:

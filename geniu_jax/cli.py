@@ -12,6 +12,8 @@ compiled), then the data (`data.load`); docs/reliability.md lists them.
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from typing import Sequence
 
@@ -26,6 +28,7 @@ from geniu_jax.config import (FORGET_LOSSES, PRESETS, RETAIN_TARGETS, SHARPEN_MO
 from geniu_jax.models.conv import LOWERINGS
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130   # 128 + SIGINT, as shells report it
 
 
 class UsageError(Exception):
@@ -329,8 +332,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     return EXIT_USAGE
   except KeyboardInterrupt:
     print("geniu: interrupted", file=sys.stderr)
-    return 130
+    return EXIT_INTERRUPTED
+
+
+def _exit_on_interrupt(signum, frame) -> None:
+  """SIGINT: one line and exit 130 at once, unless a checkpoint is being saved.
+
+  Unwinding Python's stack while XLA still compiles or runs on its own
+  threads crashed interrupted `geniu train` runs (SIGSEGV after
+  "interrupted"), also when only the final exit skipped the interpreter's
+  teardown; leaving from the handler with `os._exit` does not unwind.
+  Nothing is lost: outputs exist only once `checkpoint.save` has renamed them
+  into place, and a save under way is interrupted normally so that its
+  `finally` removes its temporary directory.
+  """
+  if ckpt_lib.saving():
+    raise KeyboardInterrupt
+  print("geniu: interrupted", file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  os._exit(EXIT_INTERRUPTED)
+
+
+def console_main() -> None:
+  """The `geniu` command: `main` with the interrupt handler above."""
+  signal.signal(signal.SIGINT, _exit_on_interrupt)
+  rc = main()
+  if rc == EXIT_INTERRUPTED:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)
+  sys.exit(rc)
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  console_main()

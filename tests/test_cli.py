@@ -528,3 +528,27 @@ def test_evaluate_defaults_to_every_forgotten_class(smoke_run, capsys):
   rc, out, _ = run_cli(capsys, "evaluate", "--ckpt", b, "--data", "embedded", "--forget", "9",
                        "--json")
   assert json.loads(out.strip().splitlines()[-1]) == explicit
+
+
+def test_ctrl_c_during_train_exits_130_with_one_line_and_leaves_nothing(tmp_path):
+  import signal
+  import time
+  out = tmp_path / "interrupted"
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "geniu_jax.cli", "train", "--data", "embedded", "--majority", "9",
+       "--preset", "smoke", "--epochs", "200", "--out", str(out)],
+      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+      # A child of a non-interactive shell may inherit SIGINT ignored.
+      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+  lines = []
+  for line in proc.stderr:   # interrupt once training has started
+    lines.append(line)
+    if line.startswith("training GENIU"):
+      break
+  time.sleep(3)
+  proc.send_signal(signal.SIGINT)
+  lines += proc.stderr.readlines()
+  assert proc.wait(timeout=60) == cli.EXIT_INTERRUPTED == 130, lines
+  assert lines[-1].strip() == "geniu: interrupted", lines
+  assert not out.exists()
+  assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".interrupted")]
