@@ -1,4 +1,4 @@
-"""Tests for the analysis experiments: Tables 2 and 3, Figures 5 and 7.
+"""Tests for the analysis experiments: Tables 2 and 3, Figures 5 and 7, sequential requests.
 
 Each experiment's `smoke` config runs end to end (`runner.run`, then
 `report.write`) with two changes that only make it cheaper: the Fashion-MNIST
@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import figure5, figure7, table1, table2, table3
+from experiments import figure5, figure7, sequential, table1, table2, table3
 from experiments.grid import report as report_lib
 from experiments.grid import runner
 from experiments.grid import spec
@@ -214,3 +214,21 @@ def test_figure7_smoke(tiny10, originals, tmp_path):
   assert len(rows) == sum(len(r["info"]["rounds"]) for r in curves)
   assert all(float(row["retrain_acc_f"]) == by_label["retrain"]["acc_f"] for row in rows)
   assert (tmp_path / "figure_7.png").stat().st_size > 0
+
+
+def test_sequential_smoke(tiny10, originals, tmp_path):
+  records = run_smoke(sequential, tmp_path, tiny10, originals)
+  by_label = {r["method"]: r for r in records}
+  assert sorted(by_label) == ["joint", "original", "sequential"]
+  steps = by_label["sequential"]["info"]["steps"]
+  assert [s["forget"] for s in steps] == [[9], [0, 9], [0, 1, 9]]
+  assert [s["forget"] for s in by_label["joint"]["info"]["steps"]] == [[0, 1, 9]]
+  for r in (by_label["sequential"], by_label["joint"]):
+    last = r["info"]["steps"][-1]
+    # The record scores the returned model on the cell's class: the last request's model.
+    assert last["acc_f_by_class"]["9"] == pytest.approx(r["acc_f"], abs=1e-4)
+    assert all(0.0 <= v <= 1.0 for v in last["acc_f_by_class"].values())
+    assert 0.0 <= last["acc_r"] <= 1.0
+  rows = read_csv(tmp_path / "sequential_requests.csv")
+  assert [(row["method"], row["request"]) for row in rows] == [
+      ("sequential", "1"), ("sequential", "2"), ("sequential", "3"), ("joint", "3")]
