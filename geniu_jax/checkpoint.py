@@ -19,16 +19,8 @@ any exception, KeyboardInterrupt included, the temporary directory is removed.
 A directory without metadata.json or with a temporary name (left by a killed
 process) is rejected as incomplete.
 
-Integrity: metadata.json holds, under "checksum", sha256 digests of
-
-  * every file under state/ ("files"), checked before Orbax reads any of them,
-    so a damaged or missing file is reported by name;
-  * every restored array ("arrays", keyed by tree path such as
-    "classifier/params/head/kernel"), over its dtype, shape and bytes: an
-    end-to-end check of what is handed to the model;
-  * the metadata itself ("metadata"): the canonical JSON (sorted keys, no
-    whitespace) of metadata.json without this one entry.
-
+Integrity: metadata.json holds sha256 digests of the files under state/, of
+every array and of itself (`geniu_jax.checksums`), verified by every restore.
 Checkpoints written before these checksums existed have no "checksum" entry
 and are restored unverified. metadata.json is strict JSON: non-finite floats
 are written as null.
@@ -36,7 +28,6 @@ are written as null.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -51,6 +42,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from geniu_jax import checksums
 from geniu_jax import jsonutil
 from geniu_jax.config import Config
 from geniu_jax.models import functional as F
@@ -60,8 +52,7 @@ _PACKAGES = ("geniu_jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", 
 
 
 _REQUIRED_METADATA = ("data_source", "image_shape", "num_classes", "majority", "config")
-CHECKSUM = "checksum"      # metadata key of the digests; absent in older checkpoints
-_ALGORITHM = "sha256"
+CHECKSUM = checksums.KEY   # metadata key of the digests; absent in older checkpoints
 _TMP_SUFFIX = ".partial"   # temporary directory of a save in progress
 
 
@@ -155,55 +146,6 @@ def _to_tree(classifier, generator, prompts, records) -> dict:
   return str_keys(tree)
 
 
-def _key_name(entry) -> str:
-  for attr in ("key", "idx", "name"):   # DictKey, SequenceKey, GetAttrKey
-    if hasattr(entry, attr):
-      return str(getattr(entry, attr))
-  return str(entry)
-
-
-def _array_digests(tree: Any) -> dict[str, str]:
-  """{"a/b/c": sha256 of dtype, shape and bytes} of every leaf of `tree`.
-
-  Paths are joined key names, so a list index and the string key Orbax may
-  restore it as name the same array.
-  """
-  digests = {}
-  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-    arr = np.ascontiguousarray(np.asarray(leaf))
-    h = hashlib.sha256(f"{arr.dtype.name}{list(arr.shape)}".encode())
-    h.update(arr.tobytes())
-    digests["/".join(_key_name(e) for e in path)] = h.hexdigest()
-  return digests
-
-
-def _file_digest(path: Path) -> str:
-  h = hashlib.sha256()
-  with path.open("rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      h.update(chunk)
-  return h.hexdigest()
-
-
-def _file_digests(root: Path, sub: str) -> dict[str, str]:
-  """{"sub/relative/path": sha256} of every file under root/sub."""
-  return {p.relative_to(root).as_posix(): _file_digest(p)
-          for p in sorted((root / sub).rglob("*")) if p.is_file()}
-
-
-def _metadata_digest(meta: dict) -> str:
-  """sha256 of the canonical JSON of `meta` without its own digest.
-
-  Raises ValueError for bare NaN/Infinity, which `save` never writes.
-  """
-  body = dict(meta)
-  if isinstance(body.get(CHECKSUM), dict):
-    body[CHECKSUM] = {k: v for k, v in body[CHECKSUM].items() if k != "metadata"}
-  text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                    allow_nan=False)
-  return hashlib.sha256(text.encode()).hexdigest()
-
-
 def _corrupt(path: Path, what: str) -> CheckpointError:
   return CheckpointError(f"checkpoint {path} is corrupt: {what}")
 
@@ -276,9 +218,8 @@ def _write(target: Path, classifier, generator, prompts, meta: dict, records) ->
     with ocp.StandardCheckpointer() as checkpointer:
       checkpointer.save(tmp / "state", tree)
       checkpointer.wait_until_finished()
-    meta[CHECKSUM] = {"algorithm": _ALGORITHM, "files": _file_digests(tmp, "state"),
-                      "arrays": _array_digests(tree)}
-    meta[CHECKSUM]["metadata"] = _metadata_digest(meta)
+    meta[CHECKSUM] = checksums.entry(meta, checksums.file_digests(tmp, "state"),
+                                     checksums.array_digests(tree))
     _write_synced(tmp / "metadata.json", jsonutil.dumps(meta, indent=2, sort_keys=True))
     tmp.rename(target)
     done = True
@@ -301,22 +242,6 @@ def _check_complete(path: Path) -> None:
     raise CheckpointError(f"{path} is not a geniu_jax checkpoint (no metadata.json)")
 
 
-def _check_metadata_digest(path: Path, meta: dict) -> None:
-  checksum = meta[CHECKSUM]
-  if (not isinstance(checksum, dict) or not isinstance(checksum.get("metadata"), str)
-      or not isinstance(checksum.get("files"), dict)
-      or not isinstance(checksum.get("arrays"), dict)):
-    raise _corrupt(path, f"malformed {CHECKSUM!r} entry in metadata.json")
-  if checksum.get("algorithm") != _ALGORITHM:
-    raise _corrupt(path, f"unknown checksum algorithm {checksum.get('algorithm')!r}")
-  try:
-    digest = _metadata_digest(meta)
-  except ValueError:   # NaN or Infinity put in by hand
-    digest = None
-  if digest != checksum["metadata"]:
-    raise _corrupt(path, "metadata.json does not match its checksum")
-
-
 def read_metadata(directory: str | os.PathLike) -> dict:
   """The metadata of a checkpoint, its checksum verified when it has one.
 
@@ -332,8 +257,9 @@ def read_metadata(directory: str | os.PathLike) -> dict:
     raise CheckpointError(f"corrupt checkpoint metadata in {meta_file}: {err}") from None
   if not isinstance(meta, dict) or meta.get("format") != FORMAT:
     raise CheckpointError(f"{path} is not a {FORMAT} checkpoint")
-  if CHECKSUM in meta:
-    _check_metadata_digest(path, meta)
+  problem = checksums.metadata_problem(meta) if CHECKSUM in meta else None
+  if problem:
+    raise _corrupt(path, problem)
   missing = [k for k in _REQUIRED_METADATA if k not in meta]
   if missing or not isinstance(meta.get("config"), dict):
     raise CheckpointError(f"corrupt checkpoint metadata in {meta_file}: missing {missing or ['config']}")
@@ -372,26 +298,6 @@ def _check_shapes(stored: Any, expected: Any, what: str) -> None:
       raise CheckpointError(
           f"checkpoint does not match the {what} architecture: {jax.tree_util.keystr(path)} "
           f"has shape {tuple(np.shape(leaf))}, expected {tuple(np.shape(e_flat[path]))}")
-
-
-def _verify_files(path: Path, digests: dict) -> None:
-  for name in sorted(digests):
-    file = path / name
-    if not file.is_file():
-      raise _corrupt(path, f"file {name} is missing")
-    if _file_digest(file) != digests[name]:
-      raise _corrupt(path, f"file {name} does not match its checksum")
-
-
-def _verify_arrays(path: Path, stored: Any, digests: dict) -> None:
-  actual = _array_digests(stored)
-  for name in sorted(digests.keys() | actual.keys()):
-    if name not in actual:
-      raise _corrupt(path, f"array {name} is missing")
-    if name not in digests:
-      raise _corrupt(path, f"array {name} has no checksum")
-    if actual[name] != digests[name]:
-      raise _corrupt(path, f"array {name} does not match its checksum")
 
 
 def _is_closed_loop_report(unraisable) -> bool:
@@ -476,14 +382,18 @@ def restore(directory: str | os.PathLike, *, lowering: str | None = None,
   meta = read_metadata(path)
   checksum = meta.get(CHECKSUM)
   if checksum is not None:
-    _verify_files(path, checksum["files"])
+    problem = checksums.files_problem(path, checksum["files"])
+    if problem:
+      raise _corrupt(path, problem)
   classifier, generator = build_models(meta, lowering)
   if expect_classifier is not None:
     _check_shapes(str_keys(nnx.to_pure_dict(classifier.params)),
                   str_keys(nnx.to_pure_dict(expect_classifier.params)), "requested classifier")
   stored = _read_state(path)
   if checksum is not None:
-    _verify_arrays(path, stored, checksum["arrays"])
+    problem = checksums.arrays_problem(stored, checksum["arrays"])
+    if problem:
+      raise _corrupt(path, problem)
   expected = _to_tree(classifier, None, None, None)["classifier"]
   _check_shapes(stored["classifier"], expected, "classifier")
   params = _filled(classifier.params, stored["classifier"]["params"])

@@ -15,6 +15,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from geniu_jax import checkpoint as ckpt_lib
+from geniu_jax import checksums
 from geniu_jax import jsonutil
 from geniu_jax.checkpoint import CheckpointError
 from geniu_jax.config import Config
@@ -273,7 +274,7 @@ def test_flipped_byte_in_an_array_file_is_rejected(ckpt_copy):
 def test_array_checksums_catch_what_the_file_check_misses(ckpt_copy, monkeypatch):
   # Orbax decodes this flipped byte without complaint; only the digests of
   # the restored arrays notice.
-  monkeypatch.setattr(ckpt_lib, "_verify_files", lambda path, digests: None)
+  monkeypatch.setattr(checksums, "files_problem", lambda root, digests: None)
   _flip_a_byte(_largest_state_file(ckpt_copy))
   with pytest.raises(CheckpointError) as excinfo:
     ckpt_lib.restore(ckpt_copy)
