@@ -159,3 +159,12 @@ def test_save_run_stores_the_checks(tmp_path, tiny_classifier, tiny_generator, t
   expected = checks if with_checks else train_lib.training_checks(hist, None, geniu=True)
   assert meta["checks"] == expected
   assert ckpt_lib.generator_epochs(meta) == 0
+
+
+@pytest.mark.parametrize("n_images,n_labels", [(0, 0), (4, 3)])
+def test_train_refuses_an_empty_or_mislabelled_split(n_images, n_labels):
+  cfg = get_config("smoke")
+  x = np.zeros((n_images, *TINY_SHAPE), np.float32)
+  y = np.zeros((n_labels,), np.int32)
+  with pytest.raises(ValueError, match="training split"):
+    train_lib.train(cfg, x, y, TINY_K)

@@ -171,6 +171,10 @@ def train(cfg: Config, x_train: np.ndarray, y_train: np.ndarray, num_classes: in
   """
   image_shape = tuple(x_train.shape[1:])
   n = x_train.shape[0]
+  if n == 0 or len(y_train) != n:
+    raise ValueError(f"training split: {n} images and {len(y_train)} labels; training needs "
+                     "at least one image with one label each (a validation hold-out as large "
+                     "as a class empties the split)")
   batch = min(cfg.batch_size, n)
   steps_per_epoch = n // batch
   keys = dict(zip(("classifier", "prompts", "generator", "shuffle", "vae_noise"),
