@@ -22,6 +22,7 @@ about 1-2 min per original on a 2-core CPU. `smoke`: the embedded subset.
 
 from __future__ import annotations
 
+import functools
 import sys
 from typing import Sequence
 
@@ -59,15 +60,23 @@ def requests_of(first: int, num_classes: int) -> list[list[int]]:
   return [sorted(order[:i + 1]) for i in range(REQUESTS)]
 
 
+@functools.lru_cache(maxsize=None)
+def _program(cls_graphdef, gen_graphdef, rounds: int, lr: float, stop, objective, sharpen):
+  """One jitted unlearning program per setting: every request and original of a
+  setting reuses it (a fresh `make_unlearn_fn` per call would retrace it)."""
+  return unlearn_lib.make_unlearn_fn(cls_graphdef, gen_graphdef, rounds=rounds, lr=lr,
+                                     stop_forget_prob=stop, objective=objective,
+                                     sharpen=sharpen)
+
+
 def _tune(ctx: runner.Context, model: F.SplitModel, forget: list[int]) -> F.SplitModel:
   ck, cfg = ctx.original, ctx.cfg
   k = ctx.data.num_classes
   per_class = min(cfg.proxies_per_class, ck.prompts.shape[0] // k)
   prompts = prompt_lib.first_ranks(jnp.asarray(ck.prompts), k, per_class)
-  fn = unlearn_lib.make_unlearn_fn(
-      model.graphdef, ck.generator.graphdef, rounds=cfg.unlearn_rounds, lr=cfg.unlearn_lr,
-      stop_forget_prob=cfg.stop_forget_prob, objective=unlearn_lib.objective_from_config(cfg),
-      sharpen=sharpen_lib.from_config(cfg))
+  fn = _program(model.graphdef, ck.generator.graphdef, cfg.unlearn_rounds, cfg.unlearn_lr,
+                cfg.stop_forget_prob, unlearn_lib.objective_from_config(cfg),
+                sharpen_lib.from_config(cfg))
   params, _ = fn(model.params, model.stats, ck.generator.params, prompts,
                  jnp.asarray(forget, jnp.int32))
   return F.SplitModel(model.graphdef, params, model.stats)
