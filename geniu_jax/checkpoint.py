@@ -63,7 +63,7 @@ class CheckpointError(RuntimeError):
 class Checkpoint(NamedTuple):
   classifier: F.SplitModel
   generator: F.SplitModel | None
-  prompts: Any                  # [B*K, H, W, C] or None
+  prompts: Any                  # [B*K', H, W, C], K' classes not dropped; or None
   records: Any                  # baseline records (pure dict) or None
   metadata: dict
 
@@ -95,6 +95,10 @@ def make_metadata(cfg: Config, *, source: str, image_shape, num_classes: int,
   }
   meta.update(extra or {})
   return meta
+
+
+def shape_of(meta: dict) -> tuple[int, ...]:
+  return tuple(int(d) for d in meta["image_shape"])
 
 
 def generator_epochs(meta: dict) -> int | None:
@@ -402,6 +406,11 @@ def restore(directory: str | os.PathLike, *, lowering: str | None = None,
   if generator is not None:
     gen_stored = _stored_section(path, stored, "generator", "params")
     prompts = jax.numpy.asarray(_stored_section(path, stored, "prompts"))
+    # Unlearned checkpoints hold the prompts of the classes not forgotten only.
+    have = meta["num_classes"] - len(meta.get("dropped_prompts", []))
+    if prompts.ndim != 4 or prompts.shape[0] % have or prompts.shape[1:] != shape_of(meta):
+      raise _corrupt(path, f"prompts of shape {tuple(prompts.shape)} do not tile {have} "
+                           f"classes of images {shape_of(meta)}")
     _check_shapes(gen_stored, str_keys(nnx.to_pure_dict(generator.params)), "generator")
     gparams = _filled(generator.params, gen_stored)
     restored_gen = F.SplitModel(generator.graphdef, gparams, generator.stats)

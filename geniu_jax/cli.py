@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
                  help="forgotten: sharpen the forgotten proxies toward their class; all: every "
                       "proxy toward the forgotten class, retained ones also toward their own "
                       "(default: the checkpoint's config)")
+  p.add_argument("--drop-generator", action="store_true", dest="drop_generator",
+                 help="write the unlearned checkpoint without GENIU's generator and prompts "
+                      "(no later GENIU request can use it)")
   p.add_argument("--out", required=True)
   p.add_argument("--json", action="store_true")
 
@@ -206,9 +209,9 @@ def cmd_unlearn(args) -> int:
     forget = requests_lib.plan(meta, requested, f"checkpoint {args.ckpt}")
   except requests_lib.NothingToForget as err:
     raise UsageError(str(err)) from None
-  if forget != sorted(requested):
-    _log(f"forgetting {forget}: {requests_lib.forgotten(meta)} forgotten by earlier requests "
-         "stay forgotten")
+  if (args.method != "geniu" and _uses_artifacts(args.method)
+      and requests_lib.dropped_prompts(meta)):
+    raise UsageError(requests_lib.needs_every_prompt(args.method, meta))
   has_generator = meta.get("has_generator", True)   # what `restore` goes by
   # A generator left at its initialisation maps the prompts to proxies that
   # carry nothing of their classes (Alg. 2): tuning on them is not GENIU's
@@ -225,6 +228,9 @@ def cmd_unlearn(args) -> int:
         and args.proxies_per_class > stored.proxies_per_class):
       raise UsageError(f"argument --proxies-per-class: asked for {args.proxies_per_class} "
                        f"proxies per class; the checkpoint has {stored.proxies_per_class}")
+  if forget != sorted(requested):
+    _log(f"forgetting {forget}: {requests_lib.forgotten(meta)} forgotten by earlier requests "
+         "stay forgotten")
   ck = ckpt_lib.restore(args.ckpt)
   meta = ck.metadata
   cfg = Config.from_dict(meta["config"])
@@ -233,10 +239,15 @@ def cmd_unlearn(args) -> int:
     return registry.cli_unlearn(args, ck, forget, cfg, log=_log, requested=requested)
   if ck.generator is None:
     raise UsageError(f"checkpoint {args.ckpt} has no GENIU generator and prompts")
+  # Classes forgotten earlier whose prompts are gone are tuned as forgotten
+  # without proxies (`geniu.unlearn.unlearn`).
+  dropped = requests_lib.dropped_prompts(meta)
+  tune_forget = requests_lib.with_prompts(meta, forget)
   prompts = ck.prompts
   if args.proxies_per_class is not None:
     from geniu_jax.geniu import prompts as prompt_lib
-    prompts = prompt_lib.first_ranks(prompts, meta["num_classes"], args.proxies_per_class)
+    prompts = prompt_lib.first_ranks(prompts, meta["num_classes"] - len(dropped),
+                                     args.proxies_per_class)
   from geniu_jax.geniu import unlearn as unlearn_lib
   from geniu_jax.methods.command import config_with_overrides
   cfg = config_with_overrides(cfg, args)
@@ -248,9 +259,9 @@ def cmd_unlearn(args) -> int:
        f"stop rule {'off' if stop is None else f'mean forgotten-proxy prob <= {stop}'}, "
        f"objective {objective.describe()}, sharpened proxies "
        f"{'off' if sharpen is None else f'({sharpen.mode}) to p >= {sharpen.target:g}'}")
-  out = runs.geniu_unlearn_timed(ck.classifier, ck.generator, prompts, forget,
+  out = runs.geniu_unlearn_timed(ck.classifier, ck.generator, prompts, tune_forget,
                                  rounds=rounds, lr=lr, stop_forget_prob=stop,
-                                 objective=objective, sharpen=sharpen)
+                                 objective=objective, sharpen=sharpen, dropped=dropped)
   checks = runs.proxy_checks(out.info)
   report = {"method": "geniu", "forget": list(forget), "requested": list(requested),
             "rounds_run": out.rounds_run, **checks,
@@ -258,8 +269,7 @@ def cmd_unlearn(args) -> int:
             "sharpen_mode": cfg.sharpen_mode,
             "proxies": int(prompts.shape[0]),
             "unlearn_ms": round(out.unlearn_ms, 3), "compile_ms": round(out.compile_ms, 3)}
-  ckpt_lib.save(args.out, out.classifier, ck.generator, ck.prompts,
-                requests_lib.record(meta, requested, forget, report))
+  _save_unlearned(args, out.classifier, ck, forget, report, requested)
   _log(f"unlearned in {out.unlearn_ms:.1f} ms ({out.rounds_run} rounds; compile "
        f"{out.compile_ms:.0f} ms); forgotten proxies' own-class probability "
        f"{checks['forget_proxy_prob_before']:.3f} -> {checks['forget_proxy_prob']:.3f}, "
@@ -271,6 +281,16 @@ def cmd_unlearn(args) -> int:
          "not forgotten; try more --rounds or a larger --lr")
   _emit(report, args.json)
   return 0
+
+
+def _save_unlearned(args, classifier, ck, forget, report: dict, requested) -> None:
+  """Writes the unlearned checkpoint without the forgotten classes' prompts
+  (or without generator and prompts, with --drop-generator)."""
+  generator, prompts = ck.generator, requests_lib.kept_prompts(ck.metadata, ck.prompts, forget)
+  if args.drop_generator:
+    generator, prompts = None, None
+  ckpt_lib.save(args.out, classifier, generator, prompts,
+                requests_lib.record(ck.metadata, requested, forget, report))
 
 
 def cmd_evaluate(args) -> int:

@@ -124,13 +124,19 @@ def geniu_unlearn_timed(classifier: F.SplitModel, generator: F.SplitModel, promp
                         forget: Sequence[int], *, rounds: int, lr: float,
                         stop_forget_prob: float | None,
                         objective: unlearn_lib.Objective = unlearn_lib.EQ10,
-                        sharpen=None) -> UnlearnOutcome:
-  """Alg. 2 with compilation (AOT) and execution timed separately."""
+                        sharpen=None, dropped: Sequence[int] = ()) -> UnlearnOutcome:
+  """Alg. 2 with compilation (AOT) and execution timed separately.
+
+  `forget`: the classes to forget that have prompts; `dropped`: earlier
+  forgotten classes whose prompts are gone (`unlearn_lib.unlearn`).
+  """
   fn = unlearn_lib.make_unlearn_fn(classifier.graphdef, generator.graphdef, rounds=rounds,
                                    lr=lr, stop_forget_prob=stop_forget_prob,
                                    objective=objective, sharpen=sharpen)
+  # No dropped classes: the program of a fresh checkpoint (and its cache entry).
   args = (classifier.params, classifier.stats, generator.params, prompts,
-          jnp.asarray(forget, jnp.int32))
+          jnp.asarray(forget, jnp.int32),
+          jnp.asarray(sorted(dropped), jnp.int32) if dropped else None)
   t0 = time.perf_counter()
   compiled = fn.lower(*args).compile()
   compile_ms = (time.perf_counter() - t0) * 1e3

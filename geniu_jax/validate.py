@@ -80,7 +80,7 @@ def check_metadata(meta: dict, where: str | os.PathLike) -> Config:
   Covers every field that rebuilding the models, rebuilding the training
   split or choosing classes reads: image_shape (a shape the models support,
   `data.check_image_shape`), num_classes (an integer >= 2), majority (distinct
-  class ids in [0, K)), imbalance (rates in (0, 1], one or K of them),
+  class ids in [0, K)), forgotten and dropped_prompts (the same), imbalance (rates in (0, 1], one or K of them),
   data_source and preset (strings), seed, has_generator and has_records,
   and the stored config (through `Config`'s own checks, plus its lowering).
 
@@ -121,6 +121,11 @@ def check_metadata(meta: dict, where: str | os.PathLike) -> Config:
     raise bad("preset", "a string", meta["preset"])
   if "seed" in meta and not (_is_int(meta["seed"]) and meta["seed"] >= 0):
     raise bad("seed", "an integer >= 0", meta["seed"])
+  for field in ("forgotten", "dropped_prompts"):
+    classes = meta.get(field, [])
+    if (not isinstance(classes, list) or not all(_is_int(c) and 0 <= c < k for c in classes)
+        or len(set(classes)) != len(classes) or len(classes) >= k):
+      raise bad(field, f"a list of distinct class ids in [0, {k}), not all of them", classes)
   for field in ("has_generator", "has_records"):
     if field in meta and not isinstance(meta[field], bool):
       raise bad(field, "true or false", meta[field])

@@ -482,20 +482,33 @@ def test_unlearn_reads_the_history_of_checkpoints_without_checks(capsys, tmp_pat
   assert_usage_error(rc, err, out, contains="never trained")
 
 
-def _own_class_prob(path, k: int) -> float:
-  """Mean probability the checkpoint's classifier gives class k's proxies their class."""
+def _own_class_prob(path, k: int, original) -> float:
+  """Mean probability the checkpoint's classifier gives class k's proxies their
+  class; the proxies come from the `original` checkpoint (unlearned ones no
+  longer hold the forgotten classes' prompts)."""
   from geniu_jax.geniu.generator import make_proxies
   from geniu_jax.geniu.prompts import prompt_labels
-  ck = ckpt_lib.restore(path)
-  c, g = ck.classifier, ck.generator
-  proxies = make_proxies(g.graphdef, g.params, ck.prompts)
-  labels = np.asarray(prompt_labels(10, ck.prompts.shape[0] // 10))
+  c, art = ckpt_lib.restore(path).classifier, ckpt_lib.restore(original)
+  g = art.generator
+  proxies = make_proxies(g.graphdef, g.params, art.prompts)
+  labels = np.asarray(prompt_labels(10, art.prompts.shape[0] // 10))
   probs = np.asarray(jax.nn.softmax(F.classifier_logits(c.graphdef, c.params, c.stats, proxies)))
   return float(probs[labels == k, k].mean())
 
 
+def test_the_unlearned_checkpoint_drops_the_forgotten_prompts(smoke_run):
+  a, b, _ = smoke_run                         # class 9 forgotten
+  full, kept = ckpt_lib.restore(a).prompts, ckpt_lib.restore(b).prompts
+  assert ckpt_lib.read_metadata(b)["dropped_prompts"] == [9]
+  per_class = full.shape[0] // 10
+  assert kept.shape == (9 * per_class, *full.shape[1:])
+  # The retained classes' prompts are kept unchanged, in their layout order.
+  labels = np.tile(np.arange(10), per_class)
+  np.testing.assert_array_equal(kept, np.asarray(full)[labels != 9])
+
+
 def test_a_later_request_forgets_the_union_and_never_relearns(smoke_run, tmp_path, capsys):
-  _, b, _ = smoke_run                         # class 9 forgotten
+  a, b, _ = smoke_run                         # class 9 forgotten
   c = tmp_path / "C"
   # Eq. 10 pulls every proxy that is not forgotten toward its label: a request
   # that forgot only class 0 would pull class 9's proxies back into class 9.
@@ -509,7 +522,14 @@ def test_a_later_request_forgets_the_union_and_never_relearns(smoke_run, tmp_pat
   assert meta["forgotten"] == [0, 9] and meta["unlearned"] == report
   assert [r["requested"] for r in meta["requests"]] == [[9], [0]]
   assert [r["forget"] for r in meta["requests"]] == [[9], [0, 9]]
-  assert _own_class_prob(c, 9) <= _own_class_prob(b, 9) + 0.02
+  assert _own_class_prob(c, 9, a) <= _own_class_prob(b, 9, a) + 0.02
+  assert meta["dropped_prompts"] == [0, 9]
+  assert ckpt_lib.restore(c).prompts.shape[0] == 8 * ckpt_lib.restore(a).prompts.shape[0] // 10
+  # The registered variants need a prompt of every class and say so.
+  capsys.readouterr()
+  rc, _, err = run_cli(capsys, "unlearn", "--ckpt", c, "--forget", "1", "--method",
+                       "geniu_impair_repair", "--out", tmp_path / "V")
+  assert_usage_error(rc, err, tmp_path / "V", contains="use --method geniu")
   for key in ("forget_proxy_prob", "forget_proxy_prob_before", "retained_proxy_acc"):
     assert 0.0 <= report[key] <= 1.0
   # Asking again for a class already forgotten changes nothing and writes nothing.
@@ -517,6 +537,19 @@ def test_a_later_request_forgets_the_union_and_never_relearns(smoke_run, tmp_pat
   again = tmp_path / "D"
   rc, _, err = run_cli(capsys, "unlearn", "--ckpt", c, "--forget", "9", "--out", again)
   assert_usage_error(rc, err, again, contains="already forgotten")
+
+
+def test_drop_generator_leaves_no_generator_and_no_prompts(smoke_run, tmp_path, capsys):
+  _, b, _ = smoke_run
+  d = tmp_path / "D"
+  rc, _, _ = run_cli(capsys, "unlearn", "--ckpt", b, "--forget", "1", "--drop-generator",
+                     "--out", d)
+  assert rc == 0
+  ck = ckpt_lib.restore(d)
+  assert ck.generator is None and ck.prompts is None
+  assert ck.metadata["has_generator"] is False and ck.metadata["forgotten"] == [1, 9]
+  rc, _, err = run_cli(capsys, "unlearn", "--ckpt", d, "--forget", "2", "--out", tmp_path / "E")
+  assert_usage_error(rc, err, tmp_path / "E", contains="no GENIU generator")
 
 
 def test_evaluate_defaults_to_every_forgotten_class(smoke_run, capsys):

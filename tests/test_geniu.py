@@ -10,6 +10,7 @@ import optax
 import pytest
 
 from geniu_jax.geniu import losses
+from geniu_jax.geniu.generator import make_proxies
 from geniu_jax.geniu import prompts as prompt_lib
 from geniu_jax.geniu import selection as sel
 from geniu_jax.geniu import unlearn as unlearn_lib
@@ -94,6 +95,23 @@ def test_first_ranks_keeps_whole_ranks_in_class_fastest_order():
   for bad in (0, 4):
     with pytest.raises(ValueError, match="the checkpoint has 3"):
       prompt_lib.first_ranks(z, 4, bad)
+
+
+def test_dropping_classes_keeps_the_layout_of_the_others():
+  z = jnp.arange(3 * 4, dtype=jnp.float32).reshape(12, 1, 1, 1)   # K = 4, B = 3
+  labels = np.tile(np.arange(4), 3)
+  once = prompt_lib.drop_classes(z, 4, [], [2])
+  np.testing.assert_array_equal(once.ravel(), np.flatnonzero(labels != 2))
+  np.testing.assert_array_equal(prompt_lib.stored_labels(4, 9, jnp.asarray([2])),
+                                [0, 1, 3] * 3)
+  # A later request drops another class; classes already gone are ignored.
+  twice = prompt_lib.drop_classes(once, 4, [2], [0, 2])
+  np.testing.assert_array_equal(twice.ravel(), np.flatnonzero(~np.isin(labels, [0, 2])))
+  np.testing.assert_array_equal(prompt_lib.stored_labels(4, 6, jnp.asarray([2, 0])),
+                                [1, 3] * 3)
+  np.testing.assert_array_equal(prompt_lib.stored_labels(4, 12), labels)
+  present = jax.jit(prompt_lib.present_classes, static_argnums=0)(4, jnp.asarray([3, 1]))
+  np.testing.assert_array_equal(present, [0, 2])
 
 
 def test_prompts_correct_on_a_hand_made_case():
@@ -506,6 +524,32 @@ def test_unlearn_traces_once_and_keeps_batchnorm_stats(tiny_classifier, tiny_gen
   # A different shape (two forgotten classes) does retrace, and chex notices.
   with pytest.raises(AssertionError):
     run(cls.params, cls.stats, gen.params, tiny_prompts, jnp.asarray([1, 2], jnp.int32))
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_unlearn_keeps_a_dropped_class_forgotten_without_its_prompts(tiny_classifier,
+                                                                      tiny_generator,
+                                                                      tiny_prompts, jit):
+  """Class 3's prompts were dropped when it was forgotten; a request for class 1
+  tunes on the other classes' proxies with both classes forgotten."""
+  cls, gen = tiny_classifier, tiny_generator
+  keep = np.asarray(prompt_lib.prompt_labels(TINY_K, TINY_B)) != 3
+  prompts = tiny_prompts[keep]
+  objective = unlearn_lib.Objective("teacher", "margin", 2.0)
+  fn = unlearn_lib.make_unlearn_fn(cls.graphdef, gen.graphdef, rounds=3, lr=1e-3,
+                                   objective=objective)
+  if not jit:
+    fn = fn.__wrapped__
+  params, info = fn(cls.params, cls.stats, gen.params, prompts, jnp.asarray([1], jnp.int32),
+                    jnp.asarray([3], jnp.int32))
+  proxies = make_proxies(gen.graphdef, gen.params, prompts)
+  labels = jnp.tile(jnp.asarray([0, 1, 2], jnp.int32), TINY_B)
+  expected, ref = unlearn_lib.in_batch_tuning(cls.params, cls.graphdef, cls.stats, proxies,
+                                              labels, jnp.asarray([1, 3], jnp.int32),
+                                              rounds=3, lr=1e-3, objective=objective)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(info.forget_prob, ref.forget_prob, rtol=1e-5)
 
 
 def test_make_unlearn_fn_compiles_once_for_equal_shapes(tiny_classifier, tiny_generator,

@@ -100,6 +100,29 @@ def test_tuning_batch_all_mode_turns_every_proxy_and_anchors_the_retained(tiny_c
   assert np.all(anchor_after >= anchor_before - 1e-6)
 
 
+@pytest.mark.parametrize("jit", [False, True])
+def test_tuning_batch_turns_retained_proxies_toward_dropped_classes_too(tiny_classifier, jit):
+  """Class 3 was forgotten earlier and its prompts dropped; class 1 is forgotten now."""
+  c = tiny_classifier
+  proxies, labels = _batch()
+  keep = np.asarray(labels) != 3
+  proxies, labels = proxies[keep], labels[keep]          # the layout of classes 0, 1, 2
+  sharpening = sharpen_lib.Sharpening(0.99, 0.02, 5, "all")
+
+  def run(proxies, labels, forget, dropped):
+    return sharpen_lib.tuning_batch(c.graphdef, c.params, c.stats, proxies, labels, forget,
+                                    sharpening, dropped)
+
+  out, out_labels = (jax.jit(run) if jit else run)(
+      proxies, labels, jnp.asarray([1], jnp.int32), jnp.asarray([3], jnp.int32))
+  m, retained = len(labels), np.asarray(labels) != 1
+  assert out.shape == (2 * m + retained.sum(), *TINY_SHAPE)
+  toward = np.asarray(out_labels[m:2 * m])
+  np.testing.assert_array_equal(toward[~retained], 1)
+  assert set(toward[retained].tolist()) == {1, 3}
+  np.testing.assert_array_equal(np.asarray(out_labels[2 * m:]), np.asarray(labels)[retained])
+
+
 def test_tuning_batch_without_sharpening_is_the_papers_batch(tiny_classifier):
   c = tiny_classifier
   proxies, labels = _batch()

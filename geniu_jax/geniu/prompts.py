@@ -1,7 +1,9 @@
 """Noise prompts z_k (Eq. 7-8): image-shaped noise the classifier labels as k.
 
 B prompts per class are laid out class-fastest: prompt i has label i % K and
-is the (i // K)-th proxy of its class. All B*K prompts train together in one
+is the (i // K)-th proxy of its class. An unlearned checkpoint no longer holds
+the prompts of the classes it forgot (`drop_classes`): its prompts tile the
+remaining classes in the same order (`stored_labels`). All B*K prompts train together in one
 batched Adam step. The classifier runs in eval mode (stored BatchNorm
 statistics), which makes each prompt's loss independent of the others, so the
 batched forward equals a vmap of per-prompt losses, and nothing of the
@@ -15,6 +17,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from geniu_jax.geniu.losses import batch_cross_entropy
@@ -30,11 +33,44 @@ def prompt_labels(num_classes: int, per_class: int) -> jax.Array:
   return jnp.tile(jnp.arange(num_classes, dtype=jnp.int32), per_class)
 
 
+def present_classes(num_classes: int, dropped: jax.Array | None = None) -> jax.Array:
+  """The classes that still have prompts, in layout order: all but `dropped`.
+
+  `dropped` may be traced; its length is static, so the result's is too.
+  """
+  classes = jnp.arange(num_classes, dtype=jnp.int32)
+  if dropped is None or dropped.shape[0] == 0:
+    return classes
+  is_dropped = jnp.any(classes[:, None] == dropped[None, :], axis=-1)
+  return jnp.argsort(is_dropped, stable=True)[:num_classes - dropped.shape[0]].astype(jnp.int32)
+
+
+def stored_labels(num_classes: int, count: int, dropped: jax.Array | None = None) -> jax.Array:
+  """The labels of `count` stored prompts whose checkpoint dropped the classes `dropped`."""
+  present = present_classes(num_classes, dropped)
+  return jnp.tile(present, count // present.shape[0])
+
+
+def drop_classes(z, num_classes: int, dropped_before, classes):
+  """Host side: stored prompts without the rows of `classes` (layout kept).
+
+  Args:
+    z: [B * K', ...] stored prompts; their checkpoint had already dropped the
+      classes `dropped_before` (K' = K - len(dropped_before)).
+    classes: classes whose prompts go now (those already gone are ignored).
+  """
+  z = np.asarray(z)
+  before = np.asarray(sorted(int(k) for k in dropped_before), np.int32)
+  labels = np.asarray(stored_labels(num_classes, z.shape[0], jnp.asarray(before)))
+  return z[~np.isin(labels, np.asarray(list(classes), np.int32))]
+
+
 def first_ranks(z: jax.Array, num_classes: int, per_class: int) -> jax.Array:
   """The prompts of the first `per_class` ranks of every class (class-fastest layout).
 
   Rank b of class k was fitted to the class's b-th most entropic sample, so
-  `first_ranks(z, K, 1)` is the paper's single proxy per class.
+  `first_ranks(z, K, 1)` is the paper's single proxy per class. For a
+  checkpoint that dropped classes, `num_classes` is the number it still has.
   """
   have = z.shape[0] // num_classes
   if not 1 <= per_class <= have:

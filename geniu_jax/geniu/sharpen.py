@@ -83,15 +83,18 @@ def sharpen(graphdef, params, stats, x: jax.Array, labels: jax.Array, *, target:
 
 
 def tuning_batch(graphdef, params, stats, proxies: jax.Array, labels: jax.Array,
-                 forget: jax.Array, sharpening: Sharpening | None
-                 ) -> tuple[jax.Array, jax.Array]:
+                 forget: jax.Array, sharpening: Sharpening | None,
+                 dropped: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
   """The proxy batch in-batch tuning runs on, with its labels.
 
   Args:
     graphdef, params, stats: the original classifier.
     proxies: [M, H, W, C] the generator's proxies; labels: [M] their classes.
-    forget: [F] int, the forgotten classes.
+    forget: [F] int, the forgotten classes that have proxies.
     sharpening: None keeps the paper's batch.
+    dropped: [D] int or None, classes forgotten earlier whose prompts the
+      checkpoint dropped: they have no proxies, and in mode `all` the
+      retained rows are sharpened toward them too, in turn with `forget`.
 
   Returns:
     (proxies, labels), the sharpened copies appended. `mode="forgotten"`
@@ -103,8 +106,10 @@ def tuning_batch(graphdef, params, stats, proxies: jax.Array, labels: jax.Array,
   if sharpening is None:
     return proxies, labels
   is_forgotten = jnp.any(labels[:, None] == forget[None, :], axis=-1)
-  # Labels tile the classes (`prompts.prompt_labels`): each class has M / K rows.
-  num_forget = forget.shape[0] * (proxies.shape[0] // params["head"]["kernel"].shape[-1])
+  # Labels tile the classes that have prompts (`prompts.stored_labels`), M / K' rows each.
+  num_dropped = 0 if dropped is None else dropped.shape[0]
+  per_class = proxies.shape[0] // (params["head"]["kernel"].shape[-1] - num_dropped)
+  num_forget = forget.shape[0] * per_class
   kw = dict(target=sharpening.target, step=sharpening.step, steps=sharpening.steps)
   gone_rows = jnp.argsort(~is_forgotten, stable=True)[:num_forget]
   if sharpening.mode == "forgotten":
@@ -114,7 +119,8 @@ def tuning_batch(graphdef, params, stats, proxies: jax.Array, labels: jax.Array,
     raise ValueError(f"unknown sharpening mode {sharpening.mode!r}; expected one of {MODES}")
   # The retained rows take the forgotten classes in turn (counting retained rows only,
   # so every forgotten class gets its share whatever K and |forget| are).
-  turn = forget[(jnp.cumsum(~is_forgotten) - 1) % forget.shape[0]]
+  gone = forget if dropped is None else jnp.concatenate([forget, dropped.astype(forget.dtype)])
+  turn = gone[(jnp.cumsum(~is_forgotten) - 1) % gone.shape[0]]
   toward = jnp.where(is_forgotten, labels, turn).astype(labels.dtype)
   kept_rows = jnp.argsort(is_forgotten, stable=True)[:proxies.shape[0] - num_forget]
   sharp = sharpen(graphdef, params, stats, proxies, toward, **kw)

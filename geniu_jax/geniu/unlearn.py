@@ -45,7 +45,7 @@ from geniu_jax.config import FORGET_LOSSES, RETAIN_TARGETS
 from geniu_jax.geniu import sharpen as sharpen_lib
 from geniu_jax.geniu.generator import make_proxies
 from geniu_jax.geniu.losses import batch_cross_entropy
-from geniu_jax.geniu.prompts import prompt_labels
+from geniu_jax.geniu.prompts import stored_labels
 from geniu_jax.models import functional as F
 
 CE_FLOOR = 1e-6
@@ -311,24 +311,30 @@ def tuning_snapshots(params, graphdef, stats, proxies: jax.Array, labels: jax.Ar
 
 
 def unlearn(classifier: F.SplitModel, generator: F.SplitModel, prompts: jax.Array,
-            forget: jax.Array, *, rounds: int, lr: float,
+            forget: jax.Array, *, dropped: jax.Array | None = None, rounds: int, lr: float,
             stop_forget_prob: float | None = None,
             objective: Objective = EQ10,
             sharpen: sharpen_lib.Sharpening | None = None) -> tuple[F.SplitModel, TuningInfo]:
   """Alg. 2 end to end: x' = g(z), then in-batch tuning. Uses no training data.
 
-  `sharpen` adds sharpened copies of proxies to the batch first
-  (`geniu.sharpen`); None keeps the paper's batch.
+  `forget` are the classes to forget that still have prompts; `dropped` the
+  classes forgotten by earlier requests whose prompts the checkpoint no
+  longer holds (`prompts.drop_classes`): they stay forgotten (the retained
+  targets and, with sharpening, the sharpened rows keep them out) though no
+  proxy of theirs exists. `sharpen` adds sharpened copies of proxies to the
+  batch first (`geniu.sharpen`); None keeps the paper's batch.
   """
   num_classes = classifier.params["head"]["kernel"].shape[-1]
-  labels = prompt_labels(num_classes, prompts.shape[0] // num_classes)
+  labels = stored_labels(num_classes, prompts.shape[0], dropped)
   proxies = make_proxies(generator.graphdef, generator.params, prompts)
   forget = jnp.asarray(forget, jnp.int32)
   proxies, labels = sharpen_lib.tuning_batch(classifier.graphdef, classifier.params,
-                                             classifier.stats, proxies, labels, forget, sharpen)
+                                             classifier.stats, proxies, labels, forget, sharpen,
+                                             dropped)
+  gone = forget if dropped is None else jnp.concatenate([forget, dropped.astype(jnp.int32)])
   params, info = in_batch_tuning(
       classifier.params, classifier.graphdef, classifier.stats, proxies, labels,
-      forget, rounds=rounds, lr=lr,
+      gone, rounds=rounds, lr=lr,
       stop_forget_prob=stop_forget_prob, objective=objective)
   return F.SplitModel(classifier.graphdef, params, classifier.stats), info
 
@@ -336,16 +342,18 @@ def unlearn(classifier: F.SplitModel, generator: F.SplitModel, prompts: jax.Arra
 def make_unlearn_fn(classifier_graphdef, generator_graphdef, *, rounds: int, lr: float,
                     stop_forget_prob: float | None = None, objective: Objective = EQ10,
                     sharpen: sharpen_lib.Sharpening | None = None):
-  """A jitted `(cls_params, cls_stats, gen_params, prompts, forget) -> (params, info)`.
+  """A jitted `(cls_params, cls_stats, gen_params, prompts, forget, dropped=None) ->
+  (params, info)` (`unlearn`'s arguments).
 
   Graphdefs and hyperparameters are closed over (static), so repeated calls
   with equal shapes reuse one compiled program.
   """
 
-  def fn(cls_params, cls_stats, gen_params, prompts, forget):
+  def fn(cls_params, cls_stats, gen_params, prompts, forget, dropped=None):
     classifier = F.SplitModel(classifier_graphdef, cls_params, cls_stats)
     generator = F.SplitModel(generator_graphdef, gen_params, None)
-    tuned, info = unlearn(classifier, generator, prompts, forget, rounds=rounds, lr=lr,
+    tuned, info = unlearn(classifier, generator, prompts, forget, dropped=dropped,
+                          rounds=rounds, lr=lr,
                           stop_forget_prob=stop_forget_prob, objective=objective,
                           sharpen=sharpen)
     return tuned.params, info

@@ -14,8 +14,8 @@ The report, the last line on stdout with --json, is
 without XLA compilation, `compile_ms` the compilation it needed (see
 `methods.common`; None where it cannot be split off, i.e. `retrain`).
 The unlearned classifier is saved with `checkpoint.save` (the GENIU
-generator and prompts are carried over, records are not: they describe the
-original training).
+generator and the retained classes' prompts are carried over unless
+--drop-generator, records are not: they describe the original training).
 """
 
 from __future__ import annotations
@@ -80,6 +80,11 @@ def gather_inputs(method: registry.Method, ck, forget, log: Callable | None) -> 
     if ck.generator is None:
       raise ValueError(f"method {method.name!r} needs GENIU's generator and prompts; "
                        "the checkpoint has none")
+    from geniu_jax import forget_requests as requests_lib
+    if requests_lib.dropped_prompts(meta):
+      # The registered variants assume a prompt for every class; plain
+      # `geniu` tunes without the dropped ones (`geniu.unlearn.unlearn`).
+      raise ValueError(requests_lib.needs_every_prompt(method.name, meta))
     available["artifacts"] = (ck.generator, ck.prompts)
   if Access.RECORDS in method.access:
     if ck.records is None:
@@ -127,7 +132,10 @@ def cli_unlearn(args, ck, forget, cfg: Config, log: Callable[[str], None] | None
             "unlearn_ms": info.get("unlearn_ms"), "compile_ms": info.get("compile_ms")}
   report.update({k: v for k, v in info.items() if k not in report})
   report = jsonable(report)
-  ckpt_lib.save(args.out, classifier, ck.generator, ck.prompts,
+  generator, prompts = ck.generator, requests_lib.kept_prompts(meta, ck.prompts, forget)
+  if getattr(args, "drop_generator", False):
+    generator, prompts = None, None
+  ckpt_lib.save(args.out, classifier, generator, prompts,
                 requests_lib.record(meta, requested, forget, report))
   if log:
     compile_ms = report["compile_ms"]
