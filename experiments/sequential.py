@@ -2,8 +2,11 @@
 
 GENIU keeps its prompts and generator so that later requests need no data
 (abstract). A request forgets the union of what was forgotten before and
-what it names (`geniu_jax.forget_requests`): the earlier classes' proxies are
-tuned as forgotten again, never back toward their labels. On each original
+what it names (`geniu_jax.forget_requests`), as `geniu unlearn` does: the
+unlearned checkpoint no longer holds the forgotten classes' prompts, so a
+later request tunes on the remaining classes' proxies with the earlier
+classes kept forgotten through the retained targets and the sharpened rows
+(`geniu.unlearn.unlearn`, `dropped`). On each original
 of Table 1 (majority class k forgotten first), the analysis `sequential`
 forgets k, then k+1, then k+2 (mod K), each request tuning the previous
 request's model with GENIU's setting; `joint` forgets the three at once from
@@ -69,16 +72,22 @@ def _program(cls_graphdef, gen_graphdef, rounds: int, lr: float, stop, objective
                                      sharpen=sharpen)
 
 
-def _tune(ctx: runner.Context, model: F.SplitModel, forget: list[int]) -> F.SplitModel:
+def tune(ctx: runner.Context, model: F.SplitModel, forget: list[int],
+          dropped: list[int]) -> F.SplitModel:
+  """One GENIU request on `model` with the original's artifacts: forget
+  `forget` (their prompts still held) with the prompts of `dropped`
+  (forgotten earlier) gone, as `geniu unlearn` stores them."""
   ck, cfg = ctx.original, ctx.cfg
   k = ctx.data.num_classes
   per_class = min(cfg.proxies_per_class, ck.prompts.shape[0] // k)
   prompts = prompt_lib.first_ranks(jnp.asarray(ck.prompts), k, per_class)
+  prompts = jnp.asarray(prompt_lib.drop_classes(prompts, k, [], dropped))
   fn = _program(model.graphdef, ck.generator.graphdef, cfg.unlearn_rounds, cfg.unlearn_lr,
                 cfg.stop_forget_prob, unlearn_lib.objective_from_config(cfg),
                 sharpen_lib.from_config(cfg))
   params, _ = fn(model.params, model.stats, ck.generator.params, prompts,
-                 jnp.asarray(forget, jnp.int32))
+                 jnp.asarray(forget, jnp.int32),
+                 jnp.asarray(dropped, jnp.int32) if dropped else None)
   return F.SplitModel(model.graphdef, params, model.stats)
 
 
@@ -97,17 +106,19 @@ def _accuracies(ctx: runner.Context, model: F.SplitModel, forget: list[int]) -> 
 
 @runner.register_analysis("sequential")
 def sequential(ctx: runner.Context):
-  model, steps = ctx.original.classifier, []
+  model, steps, dropped = ctx.original.classifier, [], []
   for forget in requests_of(ctx.cell.forget[0], ctx.data.num_classes):
-    model = _tune(ctx, model, forget)
+    new = [c for c in forget if c not in dropped]
+    model = tune(ctx, model, new, dropped)
     steps.append({"forget": forget, **_accuracies(ctx, model, forget)})
+    dropped = forget
   return model, {"steps": steps}
 
 
 @runner.register_analysis("joint")
 def joint(ctx: runner.Context):
   forget = requests_of(ctx.cell.forget[0], ctx.data.num_classes)[-1]
-  model = _tune(ctx, ctx.original.classifier, forget)
+  model = tune(ctx, ctx.original.classifier, forget, [])
   return model, {"steps": [{"forget": forget, **_accuracies(ctx, model, forget)}]}
 
 

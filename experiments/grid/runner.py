@@ -137,6 +137,7 @@ class Context(NamedTuple):
   key: jax.Array
   workdir: epath.Path    # for arrays an analysis keeps (e.g. images for a figure)
   record_key: str
+  originals: epath.Path | None = None   # where the grid keeps every cell's original
 
 
 # Analyses: things a table measures on an original that are not unlearning
@@ -163,15 +164,16 @@ def _original(ctx: Context) -> tuple[F.SplitModel, dict]:
 
 
 def run_one(method: spec_lib.MethodSpec, cell: spec_lib.Cell, data: CellData,
-            original: ckpt_lib.Checkpoint, workdir: epath.Path
-            ) -> tuple[F.SplitModel | None, dict]:
+            original: ckpt_lib.Checkpoint, workdir: epath.Path,
+            originals: epath.Path | None = None) -> tuple[F.SplitModel | None, dict]:
   """One method (through the registry) or analysis on one original. The info
   holds the full effective config, so a record says what ran even after a
   preset changes."""
   cfg = spec_lib.method_config(cell, method)
   key = method_key(cell.seed, method.label)
   if method.method in ANALYSES:
-    ctx = Context(cell, data, original, cfg, key, workdir, spec_lib.record_key(cell, method))
+    ctx = Context(cell, data, original, cfg, key, workdir, spec_lib.record_key(cell, method),
+                  originals)
     model, info = ANALYSES[method.method](ctx)
     return model, dict(info, config=cfg.to_dict())
   available = registry.inputs_from(data.x_train, data.y_train, cell.forget,
@@ -246,7 +248,7 @@ def run(cfg: spec_lib.GridConfig, workdir, *, shard: tuple[int, int] = (0, 1),
     data = CellData(cell)
     original, _ = obtain_original(cell, data, originals)
     for method in todo:
-      model, info = run_one(method, cell, data, original, store.root)
+      model, info = run_one(method, cell, data, original, store.root, originals)
       scores = {} if model is None else score(model, data, cell.forget)
       record = make_record(cfg, cell, method, scores, info)
       store.write(spec_lib.record_key(cell, method), record)
