@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from geniu_jax import checkpoint as ckpt_lib
@@ -70,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--out", required=True)
   p.add_argument("--record-baselines", action="store_true",
                  help="also keep the training-time records of I-R and Unrolling SGD")
+  p.add_argument("--resume", action="store_true",
+                 help="continue an interrupted run (same arguments) from the state it kept "
+                      "in OUT.train-state after its last finished epoch")
   _add_train_flags(p)
 
   p = sub.add_parser("unlearn", help="unlearning phase (Alg. 2), writes a checkpoint")
@@ -163,6 +168,14 @@ def cmd_train(args) -> int:
     # Every rate now; how many there must be is known once the data gives K.
     data_lib.parse_imbalance(args.imbalance, args.imbalance.count(",") + 1)
   validate.check_output_dir(args.out)
+  state_dir = training_state_dir(args.out)
+  from geniu_jax.geniu import resume as resume_lib
+  if resume_lib.exists(state_dir) and not args.resume:
+    raise UsageError(f"an interrupted run left its training state in {state_dir}: rerun the "
+                     "same command with --resume to continue it, or delete that directory")
+  if args.resume and not resume_lib.exists(state_dir):
+    raise UsageError(f"argument --resume: no training state in {state_dir} (it is kept "
+                     f"while `geniu train --out {args.out}` runs and removed when it ends)")
   ds = data_lib.load(args.data)
   cfg = _config_from(args, ds.image_shape)
   rate = data_lib.parse_imbalance(cfg.imbalance, ds.num_classes)
@@ -174,12 +187,20 @@ def cmd_train(args) -> int:
     recorder = records.default_recorder()
   _log(f"training GENIU ({cfg.preset} preset, width {cfg.width}, {cfg.epochs} epochs, "
        f"B={cfg.proxies_per_class})")
-  result = runs.train_geniu(cfg, data, recorder=recorder, log=_log)
+  result = runs.train_geniu(cfg, data, recorder=recorder, log=_log, state_dir=state_dir,
+                            resume=args.resume)
   path = runs.save_run(args.out, cfg, data, result)
+  shutil.rmtree(state_dir, ignore_errors=True)
   _log(f"checkpoint written to {path}")
   for warning in result.checks["warnings"]:
     _log(f"warning: {warning}")
   return 0
+
+
+def training_state_dir(out) -> Path:
+  """Where `geniu train --out OUT` keeps its state after every epoch (`geniu.resume`)."""
+  out = Path(out).absolute()
+  return out.parent / f"{out.name}.train-state"
 
 
 def _uses_artifacts(method: str) -> bool:

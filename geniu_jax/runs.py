@@ -85,9 +85,11 @@ def prepare_data(source: str | data_lib.Dataset, majority: Sequence[int],
 
 
 def train_geniu(cfg: Config, data: TrainingData, *, geniu: bool = True, recorder=None,
-                log: Callable[[str], None] | None = print) -> train_lib.TrainResult:
+                log: Callable[[str], None] | None = print, state_dir=None,
+                resume: bool = False) -> train_lib.TrainResult:
   return train_lib.train(cfg, data.x_train, data.y_train, data.num_classes,
-                         geniu=geniu, recorder=recorder, log=log)
+                         geniu=geniu, recorder=recorder, log=log, state_dir=state_dir,
+                         resume=resume)
 
 
 def save_run(out: str, cfg: Config, data: TrainingData, result: train_lib.TrainResult,

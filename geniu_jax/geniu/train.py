@@ -40,6 +40,7 @@ import optax
 from geniu_jax.config import Config
 from geniu_jax.geniu import generator as gen_lib
 from geniu_jax.geniu import prompts as prompt_lib
+from geniu_jax.geniu import resume as resume_lib
 from geniu_jax.geniu import selection as sel_lib
 from geniu_jax.models import functional as F
 
@@ -150,7 +151,8 @@ def make_aux_epoch(cfg: Config, cls_graphdef, gen_graphdef, num_classes: int,
 
 def train(cfg: Config, x_train: np.ndarray, y_train: np.ndarray, num_classes: int, *,
           geniu: bool = True, recorder: Recorder | None = None,
-          log: Callable[[str], None] | None = print) -> TrainResult:
+          log: Callable[[str], None] | None = print,
+          state_dir: str | None = None, resume: bool = False) -> TrainResult:
   """Runs Alg. 1 (or plain classifier training with `geniu=False`).
 
   Args:
@@ -161,6 +163,10 @@ def train(cfg: Config, x_train: np.ndarray, y_train: np.ndarray, num_classes: in
     geniu: also train prompts and generator.
     recorder: optional training-time recorder for data-access baselines.
     log: progress sink, one line per epoch; None for silence.
+    state_dir: where to keep the state after every epoch (`geniu.resume`);
+      None keeps none.
+    resume: continue from the state in `state_dir` (it must exist and belong
+      to the same config and data); the result equals an uninterrupted run's.
 
   Returns:
     A `TrainResult`; `generator` and `prompts` are None when `geniu=False`.
@@ -206,7 +212,19 @@ def train(cfg: Config, x_train: np.ndarray, y_train: np.ndarray, num_classes: in
   started = cfg.noise_start_acc is None
   last_counts = None
   shuffle_rng = np.random.default_rng(np.asarray(jax.random.key_data(keys["shuffle"])))
-  for epoch in range(cfg.epochs):
+  first_epoch = 0
+  fp = resume_lib.fingerprint(cfg, x_train, y_train, num_classes, geniu) if state_dir else None
+  if resume:
+    if state_dir is None:
+      raise ValueError("resume needs the state_dir of the interrupted run")
+    found = resume_lib.restore(state_dir, (cstate, prompts, gen_state, records), fp)
+    (cstate, prompts, gen_state, records) = found.state
+    first_epoch, history, started = found.epochs_done, found.history, found.noise_started
+    for _ in range(first_epoch):   # the data order of the finished epochs
+      shuffle_rng.permutation(n)
+    if log:
+      log(f"resuming after epoch {first_epoch}/{cfg.epochs} from {state_dir}")
+  for epoch in range(first_epoch, cfg.epochs):
     t0 = time.perf_counter()
     topb = sel_lib.init_topb(num_classes, cfg.proxies_per_class)
     order = shuffle_rng.permutation(n)[: steps_per_epoch * batch].reshape(steps_per_epoch, batch)
@@ -236,6 +254,9 @@ def train(cfg: Config, x_train: np.ndarray, y_train: np.ndarray, num_classes: in
     history.append(row)
     if log:
       log(_format_row(row, cfg.epochs))
+    if state_dir is not None and epoch + 1 < cfg.epochs:
+      resume_lib.save(state_dir, epoch + 1, (cstate, prompts, gen_state, records), history,
+                      started, fp)
 
   final = F.SplitModel(classifier.graphdef, cstate.params, cstate.stats)
   if geniu:
