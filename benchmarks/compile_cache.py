@@ -4,7 +4,7 @@ Measures whole CLI processes, as a user meets them: Python and JAX start-up,
 checkpoint restore, compilation, Alg. 2, checkpoint save. Three runs on the
 same checkpoint:
 
-* `off`  -- no cache (the CLI's default);
+* `off`  -- GENIU_COMPILATION_CACHE=off (every call compiles);
 * `cold` -- GENIU_COMPILATION_CACHE set to an empty directory (compiles and
   writes the cache);
 * `warm` -- the same directory again (loads the executable).
@@ -57,9 +57,7 @@ def make_checkpoint(directory: Path, width: float) -> Path:
 def run_cli(ckpt: Path, out: Path, rounds: int, cache: Path | None) -> dict:
   """One `geniu unlearn` process; its wall time and the CLI's JSON report."""
   env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-  env.pop(compile_cache.ENV_VAR, None)
-  if cache is not None:
-    env[compile_cache.ENV_VAR] = str(cache)
+  env[compile_cache.ENV_VAR] = compile_cache.OFF if cache is None else str(cache)
   cmd = [sys.executable, "-m", "geniu_jax.cli", "unlearn", "--ckpt", str(ckpt), "--forget", "0",
          "--rounds", str(rounds), "--no-stop", "--out", str(out), "--json"]
   t0 = time.perf_counter()

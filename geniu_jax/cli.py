@@ -366,7 +366,7 @@ COMMANDS = {"train": cmd_train, "unlearn": cmd_unlearn, "evaluate": cmd_evaluate
 def main(argv: Sequence[str] | None = None) -> int:
   try:
     args = build_parser().parse_args(argv)
-    compile_cache.configure(args.compilation_cache)
+    compile_cache.configure(args.compilation_cache, warn=_log)
     return COMMANDS[args.command](args)
   except (UsageError, data_lib.DataError, ckpt_lib.CheckpointError, ValueError) as err:
     print(f"geniu: error: {err}", file=sys.stderr)

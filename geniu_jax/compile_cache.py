@@ -1,16 +1,21 @@
-"""Opt-in persistent compilation cache, so repeated CLI calls don't recompile.
+"""Persistent compilation cache, so repeated CLI calls don't recompile.
 
 Every `geniu` command is a fresh process, so without a persistent cache each
 `geniu unlearn` compiles the whole unlearning program again -- at the paper's
-size on a CPU that is longer than the unlearning itself. JAX can keep compiled
+size on a CPU that is longer than the unlearning itself. JAX keeps compiled
 executables on disk, keyed by the program, the compiler options, the backend
 and the jax/jaxlib versions; a later process with an equal program loads the
-executable instead of compiling it.
+executable instead of compiling it, and an executable of another jax
+version or platform is simply not found (compiled anew, never loaded).
 
-Turned on by the environment (`GENIU_COMPILATION_CACHE=DIR`) or by calling
-`enable(DIR)` before the first compilation. Off by default: the cache grows
-without bound unless `max_size_bytes` is set, and a shared directory must
-be writable by every user of it.
+The `geniu` CLI turns it on by default (`configure`), in the per-user cache
+directory of the XDG convention, `$XDG_CACHE_HOME/geniu_jax/xla` (else
+`~/.cache/geniu_jax/xla`), bounded to `DEFAULT_MAX_BYTES` with least recently
+used entries evicted. `--compilation-cache DIR` or `GENIU_COMPILATION_CACHE=DIR`
+moves it; the value `off` turns it off. A directory that cannot be created
+or written leaves the cache off with a one-line note, never an error.
+Library users call `enable(DIR)` themselves (JAX's configuration is
+process-wide, so importing geniu_jax changes nothing).
 """
 
 from __future__ import annotations
@@ -21,6 +26,15 @@ from pathlib import Path
 import jax
 
 ENV_VAR = "GENIU_COMPILATION_CACHE"
+OFF = "off"
+DEFAULT_MAX_BYTES = 2 * 1024**3
+
+
+def default_dir(environ: dict | None = None) -> Path:
+  """`$XDG_CACHE_HOME/geniu_jax/xla`, else `~/.cache/geniu_jax/xla`."""
+  environ = os.environ if environ is None else environ
+  base = environ.get("XDG_CACHE_HOME", "").strip()
+  return (Path(base) if base else Path.home() / ".cache") / "geniu_jax" / "xla"
 
 
 def enable(cache_dir: str | os.PathLike, *, min_compile_secs: float = 0.0,
@@ -56,29 +70,39 @@ def enable(cache_dir: str | os.PathLike, *, min_compile_secs: float = 0.0,
   return path
 
 
-def enable_from_env(environ: dict | None = None) -> Path | None:
-  """`enable(DIR)` when GENIU_COMPILATION_CACHE=DIR is set and non-empty, else None."""
-  value = (os.environ if environ is None else environ).get(ENV_VAR, "").strip()
-  return enable(value) if value else None
-
-
 def add_flag(parser) -> None:
-  """Adds `--compilation-cache DIR` to an argparse parser (the CLI's top level)."""
+  """Adds `--compilation-cache DIR|off` to an argparse parser (the CLI's top level)."""
   parser.add_argument(
       "--compilation-cache", metavar="DIR", dest="compilation_cache", default=None,
-      help=f"keep compiled programs in DIR and reuse them in later calls "
-           f"(default: ${ENV_VAR} if set, else off)")
+      help=f"keep compiled programs in DIR and reuse them in later calls; 'off' turns "
+           f"this off (default: ${ENV_VAR} if set, else {default_dir()})")
 
 
-def configure(flag_value: str | None = None, environ: dict | None = None) -> Path | None:
-  """Enables the cache from the flag, else from the environment; None when neither is set.
+def configure(flag_value: str | None = None, environ: dict | None = None,
+              warn=None) -> Path | None:
+  """Enables the cache as the CLI wants it: the flag, else the environment
+  variable, else `default_dir()`; bounded to `DEFAULT_MAX_BYTES`. Returns
+  the directory, or None when off (asked for, or not writable: then `warn`
+  gets one line).
 
   Call it once, right after parsing arguments and before any JAX computation:
   programs compiled earlier in the process are not written to the cache.
   """
-  if flag_value:
-    return enable(flag_value)
-  return enable_from_env(environ)
+  environ = os.environ if environ is None else environ
+  value = (flag_value or environ.get(ENV_VAR, "")).strip()
+  if value.lower() == OFF:
+    return None
+  path = Path(value).expanduser() if value else default_dir(environ)
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    if not os.access(path, os.W_OK | os.X_OK):
+      raise PermissionError("not writable")
+  except OSError as err:
+    if warn:
+      warn(f"note: compilation cache {path} unusable ({err.strerror or err}); "
+           "compiling without it")
+    return None
+  return enable(path, max_size_bytes=DEFAULT_MAX_BYTES)
 
 
 def cache_dir() -> str | None:

@@ -7,6 +7,8 @@ native conv lowering is used where the lowering is not under test.
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,8 +24,12 @@ from geniu_jax.models import functional as F
 def compilation_cache(tmp_path_factory):
   """One persistent compilation cache for the session: many tests train
   models of the same shapes, and every `train` call builds fresh jitted
-  closures, so without it each one compiles the same programs again."""
-  compile_cache.enable(tmp_path_factory.mktemp("jax_cache"))
+  closures, so without it each one compiles the same programs again. The
+  environment variable points the CLI (`cli.main` in-process, and its
+  subprocesses) there too, instead of the user's cache directory."""
+  path = compile_cache.enable(tmp_path_factory.mktemp("jax_cache"))
+  os.environ[compile_cache.ENV_VAR] = str(path)
+  return path
 
 
 TINY_SHAPE = (8, 8, 1)
