@@ -192,6 +192,11 @@ def cmd_train(args) -> int:
   path = runs.save_run(args.out, cfg, data, result)
   shutil.rmtree(state_dir, ignore_errors=True)
   _log(f"checkpoint written to {path}")
+  if compile_cache.cache_dir() and result.generator is not None:
+    # Into the persistent cache, so that the first `geniu unlearn` loads it.
+    _log("compiling the unlearning program for later requests ...")
+    ms = runs.warm_unlearning(result.classifier, result.generator, cfg, result.prompts)
+    _log(f"compiled in {ms / 1e3:.1f} s and cached in {compile_cache.cache_dir()}")
   for warning in result.checks["warnings"]:
     _log(f"warning: {warning}")
   return 0
@@ -269,20 +274,17 @@ def cmd_unlearn(args) -> int:
     from geniu_jax.geniu import prompts as prompt_lib
     prompts = prompt_lib.first_ranks(prompts, meta["num_classes"] - len(dropped),
                                      args.proxies_per_class)
-  from geniu_jax.geniu import unlearn as unlearn_lib
   from geniu_jax.methods.command import config_with_overrides
   cfg = config_with_overrides(cfg, args)
+  setting = runs.unlearn_setting(cfg)
   rounds, lr, stop = cfg.unlearn_rounds, cfg.unlearn_lr, cfg.stop_forget_prob
-  objective = unlearn_lib.objective_from_config(cfg)
-  from geniu_jax.geniu import sharpen as sharpen_lib
-  sharpen = sharpen_lib.from_config(cfg)
+  objective, sharpen = setting["objective"], setting["sharpen"]
   _log(f"GENIU in-batch tuning: forget {list(forget)}, up to {rounds} rounds, lr {lr}, "
        f"stop rule {'off' if stop is None else f'mean forgotten-proxy prob <= {stop}'}, "
        f"objective {objective.describe()}, sharpened proxies "
        f"{'off' if sharpen is None else f'({sharpen.mode}) to p >= {sharpen.target:g}'}")
   out = runs.geniu_unlearn_timed(ck.classifier, ck.generator, prompts, tune_forget,
-                                 rounds=rounds, lr=lr, stop_forget_prob=stop,
-                                 objective=objective, sharpen=sharpen, dropped=dropped)
+                                 dropped=dropped, **setting)
   checks = runs.proxy_checks(out.info)
   report = {"method": "geniu", "forget": list(forget), "requested": list(requested),
             "rounds_run": out.rounds_run, **checks,

@@ -55,3 +55,11 @@ def test_a_file_in_the_way_leaves_the_cache_off_with_a_note(tmp_path, restore_ca
   notes = []
   assert compile_cache.configure(str(blocker / "cache"), {}, warn=notes.append) is None
   assert len(notes) == 1 and str(blocker) in notes[0]
+
+
+def test_the_bounded_cache_really_writes_programs(tmp_path, restore_cache):
+  # JAX's bounded cache needs `filelock`; without it every write fails with
+  # a warning only, and the cache silently stays empty.
+  path = compile_cache.configure(str(tmp_path / "cache"), {})
+  jax.jit(lambda x: x * 3.0 + 1.25)(jax.numpy.ones(7)).block_until_ready()
+  assert compile_cache.entries(path) >= 1
