@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -257,7 +258,9 @@ def cmd_unlearn(args) -> int:
   if forget != sorted(requested):
     _log(f"forgetting {forget}: {requests_lib.forgotten(meta)} forgotten by earlier requests "
          "stay forgotten")
+  t0 = time.perf_counter()
   ck = ckpt_lib.restore(args.ckpt)
+  restore_ms = (time.perf_counter() - t0) * 1e3
   meta = ck.metadata
   cfg = Config.from_dict(meta["config"])
   if args.method != "geniu":
@@ -291,7 +294,8 @@ def cmd_unlearn(args) -> int:
             "objective": objective._asdict(), "sharpen_target": cfg.sharpen_target,
             "sharpen_mode": cfg.sharpen_mode,
             "proxies": int(prompts.shape[0]),
-            "unlearn_ms": round(out.unlearn_ms, 3), "compile_ms": round(out.compile_ms, 3)}
+            "unlearn_ms": round(out.unlearn_ms, 3), "compile_ms": round(out.compile_ms, 3),
+            "restore_ms": round(restore_ms, 3)}
   _save_unlearned(args, out.classifier, ck, forget, report, requested)
   _log(f"unlearned in {out.unlearn_ms:.1f} ms ({out.rounds_run} rounds; compile "
        f"{out.compile_ms:.0f} ms); forgotten proxies' own-class probability "
