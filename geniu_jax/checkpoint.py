@@ -270,19 +270,22 @@ def read_metadata(directory: str | os.PathLike) -> dict:
   return meta
 
 
-def build_models(meta: dict, lowering: str | None = None
+def build_models(meta: dict, lowering: str | None = None, precision: str | None = None
                  ) -> tuple[F.SplitModel, F.SplitModel | None]:
   """Freshly initialised models of the checkpoint's architecture.
 
-  `lowering=None` takes the one the checkpoint was trained with (its stored
-  config), so a model trained with an explicit lowering is served with the
-  same arithmetic; lowerings differ only in float32 rounding.
+  `lowering=None` / `precision=None` take the ones the checkpoint was trained
+  with (its stored config), so a model is served with the arithmetic it was
+  trained with; lowerings differ only in float32 rounding. The parameters
+  are float32 whatever the precision, so any checkpoint fits any precision.
   """
   cfg = Config.from_dict(meta["config"])
   lowering = cfg.lowering if lowering is None else lowering
+  precision = cfg.precision if precision is None else precision
   shape = tuple(meta["image_shape"])
   key = jax.random.key(0)
-  classifier = F.make_classifier(meta["num_classes"], shape, cfg.width, lowering, key)
+  classifier = F.make_classifier(meta["num_classes"], shape, cfg.width, lowering, key,
+                                 precision)
   generator = None
   if meta.get("has_generator", True):
     generator = F.make_generator(shape, cfg.latent_dim, lowering, key)
@@ -365,6 +368,7 @@ def _stored_section(path: Path, stored: dict, *keys: str) -> Any:
 
 
 def restore(directory: str | os.PathLike, *, lowering: str | None = None,
+            precision: str | None = None,
             expect_classifier: F.SplitModel | None = None) -> Checkpoint:
   """Restores a checkpoint written by `save`.
 
@@ -376,6 +380,8 @@ def restore(directory: str | os.PathLike, *, lowering: str | None = None,
     directory: checkpoint directory.
     lowering: conv lowering of the rebuilt models (parameters are identical);
       None: the stored config's (`auto` unless training chose one).
+    precision: the classifier's compute dtype (`Config.precision`); None:
+      the stored config's.
     expect_classifier: if given, the checkpoint must fit this classifier's
       parameter shapes (e.g. a model built by the caller).
 
@@ -389,7 +395,7 @@ def restore(directory: str | os.PathLike, *, lowering: str | None = None,
     problem = checksums.files_problem(path, checksum["files"])
     if problem:
       raise _corrupt(path, problem)
-  classifier, generator = build_models(meta, lowering)
+  classifier, generator = build_models(meta, lowering, precision)
   if expect_classifier is not None:
     _check_shapes(str_keys(nnx.to_pure_dict(classifier.params)),
                   str_keys(nnx.to_pure_dict(expect_classifier.params)), "requested classifier")

@@ -26,7 +26,8 @@ from geniu_jax import data as data_lib
 from geniu_jax import forget_requests as requests_lib
 from geniu_jax import jsonutil
 from geniu_jax import validate
-from geniu_jax.config import (FORGET_LOSSES, PRESETS, RETAIN_TARGETS, SHARPEN_MODES, Config,
+from geniu_jax.config import (FORGET_LOSSES, PRECISIONS, PRESETS, RETAIN_TARGETS,
+                              SHARPEN_MODES, Config,
                               get_config)
 from geniu_jax.models.conv import LOWERINGS
 
@@ -47,6 +48,12 @@ def _log(msg: str) -> None:
   print(msg, file=sys.stderr, flush=True)
 
 
+def _add_precision_flag(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--precision", choices=PRECISIONS,
+                 help="classifier compute dtype; bfloat16 keeps float32 parameters, optimizer "
+                      "state and BatchNorm statistics (default: float32, or the checkpoint's)")
+
+
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
   p.add_argument("--preset", choices=PRESETS, default="paper")
   p.add_argument("--width", type=float)
@@ -55,6 +62,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
   p.add_argument("--proxies-per-class", type=int, dest="proxies_per_class",
                  help="B, proxies per class (Table 12)")
   p.add_argument("--lowering", choices=LOWERINGS)
+  _add_precision_flag(p)
   p.add_argument("--noise-start-acc", type=float, dest="noise_start_acc", metavar="T",
                  help="start prompt, selection and generator training at the first epoch "
                       "whose training accuracy is >= T, in (0, 1] (Table 11; default: "
@@ -109,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
                  help="forgotten: sharpen the forgotten proxies toward their class; all: every "
                       "proxy toward the forgotten class, retained ones also toward their own "
                       "(default: the checkpoint's config)")
+  _add_precision_flag(p)
   p.add_argument("--drop-generator", action="store_true", dest="drop_generator",
                  help="write the unlearned checkpoint without GENIU's generator and prompts "
                       "(no later GENIU request can use it)")
@@ -131,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _config_from(args, image_shape=None) -> Config:
   overrides = {k: getattr(args, k, None) for k in
-               ("width", "epochs", "seed", "proxies_per_class", "lowering",
+               ("width", "epochs", "seed", "proxies_per_class", "lowering", "precision",
                 "noise_start_acc")}
   if getattr(args, "imbalance", None) is not None:
     overrides["imbalance"] = args.imbalance
@@ -259,10 +268,10 @@ def cmd_unlearn(args) -> int:
     _log(f"forgetting {forget}: {requests_lib.forgotten(meta)} forgotten by earlier requests "
          "stay forgotten")
   t0 = time.perf_counter()
-  ck = ckpt_lib.restore(args.ckpt)
+  ck = ckpt_lib.restore(args.ckpt, precision=args.precision)
   restore_ms = (time.perf_counter() - t0) * 1e3
   meta = ck.metadata
-  cfg = Config.from_dict(meta["config"])
+  cfg = Config.from_dict(meta["config"]).replace(precision=args.precision)
   if args.method != "geniu":
     from geniu_jax.methods import registry
     return registry.cli_unlearn(args, ck, forget, cfg, log=_log, requested=requested)
@@ -292,7 +301,7 @@ def cmd_unlearn(args) -> int:
   report = {"method": "geniu", "forget": list(forget), "requested": list(requested),
             "rounds_run": out.rounds_run, **checks,
             "objective": objective._asdict(), "sharpen_target": cfg.sharpen_target,
-            "sharpen_mode": cfg.sharpen_mode,
+            "sharpen_mode": cfg.sharpen_mode, "precision": cfg.precision,
             "proxies": int(prompts.shape[0]),
             "unlearn_ms": round(out.unlearn_ms, 3), "compile_ms": round(out.compile_ms, 3),
             "restore_ms": round(restore_ms, 3)}

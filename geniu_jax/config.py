@@ -24,6 +24,9 @@ FORGET_LOSSES = ("inv_ce", "margin")
 SHARPEN_MODES = ("forgotten", "all")  # see geniu.sharpen
 SELECTION_RULES = ("max_entropy", "min_entropy", "random")  # geniu.selection.RULES
 SELECTION_SOURCES = ("pass", "epoch")
+# Compute dtype of the classifier (models.allcnn); parameters, optimizer state
+# and BatchNorm statistics stay float32 either way.
+PRECISIONS = ("float32", "bfloat16")
 
 # Upper bounds of the range checks. Adam steps of size > 10 on weights of
 # order 1 (or on [0, 1] images, for the prompts) only diverge, so a larger
@@ -38,7 +41,7 @@ _LEARNING_RATES = ("lr", "prompt_lr", "generator_lr", "unlearn_lr")
 _NON_NEGATIVE = ("weight_decay", "kl_weight", "forget_margin")
 _CHOICES = {"selection": SELECTION_RULES, "selection_source": SELECTION_SOURCES,
             "sharpen_mode": SHARPEN_MODES, "retain_target": RETAIN_TARGETS,
-            "forget_loss": FORGET_LOSSES}
+            "forget_loss": FORGET_LOSSES, "precision": PRECISIONS}
 
 
 def _is_int(v) -> bool:
@@ -71,6 +74,9 @@ class Config:
     preset: name of the preset this config came from (stored in metadata).
     width: AllCNN channel multiplier.
     lowering: convolution lowering (`auto` | `native` | `patches` | `winograd`).
+    precision: the classifier's compute dtype, `float32` or `bfloat16`
+      (mixed precision: float32 parameters, optimizer state and statistics),
+      in training and in unlearning.
     epochs: classifier epochs (Epoch_f of Alg. 1).
     batch_size: classifier batch size.
     lr: classifier peak learning rate (Adam with a one-cycle schedule).
@@ -120,6 +126,7 @@ class Config:
   preset: str = "paper"
   width: float = 1.0
   lowering: str = "auto"
+  precision: str = "float32"
   epochs: int = 20
   batch_size: int = 256
   lr: float = 0.01

@@ -195,7 +195,7 @@ def train_step_bytes(cfg: Config, image_shape, num_classes: int, n_images: int,
   counted only when every seed has its own copy (`per_seed_data`).
   """
   classifier = F.make_classifier(num_classes, image_shape, cfg.width, cfg.lowering,
-                                 jax.random.key(0))
+                                 jax.random.key(0), cfg.precision)
   opt = train_lib.classifier_optimizer(cfg, 1)
   state = train_lib.ClassifierState(classifier.params, classifier.stats,
                                     opt.init(classifier.params))
@@ -258,10 +258,10 @@ def _train_group(cfg: Config, x_train: np.ndarray, y_train: np.ndarray, num_clas
   stacked = lambda name: jnp.stack([k[name] for k in keys])
 
   graphdef = F.make_classifier(num_classes, image_shape, cfg.width, cfg.lowering,
-                               keys[0]["classifier"]).graphdef
+                               keys[0]["classifier"], cfg.precision).graphdef
   # Jitted: eager vmapped initialisation dispatches every op of every layer.
   init_cls = jax.jit(jax.vmap(lambda k: F.make_classifier(
-      num_classes, image_shape, cfg.width, cfg.lowering, k)[1:]))
+      num_classes, image_shape, cfg.width, cfg.lowering, k, cfg.precision)[1:]))
   params, stats = init_cls(stacked("classifier"))
   cls_opt = train_lib.classifier_optimizer(cfg, cfg.epochs * steps)
   cstate = train_lib.ClassifierState(params, stats, jax.jit(jax.vmap(cls_opt.init))(params))

@@ -552,6 +552,20 @@ def test_drop_generator_leaves_no_generator_and_no_prompts(smoke_run, tmp_path, 
   assert_usage_error(rc, err, tmp_path / "E", contains="no GENIU generator")
 
 
+def test_unlearn_in_bfloat16_is_recorded(smoke_run, tmp_path):
+  a, _, _ = smoke_run
+  out = tmp_path / "bf16"
+  rc, text = _main_capturing_stdout(["unlearn", "--ckpt", a, "--forget", "9", "--rounds", "5",
+                                     "--precision", "bfloat16", "--out", out, "--json"])
+  assert rc == 0
+  report = json.loads(text.strip().splitlines()[-1])
+  assert report["precision"] == "bfloat16" and report["rounds_run"] == 5
+  assert report["forget_proxy_prob"] < report["forget_proxy_prob_before"]
+  # The parameters stay float32 in the checkpoint.
+  params = pure_leaves(ckpt_lib.restore(out).classifier.params)
+  assert all(v.dtype == np.float32 for v in params.values())
+
+
 def test_evaluate_defaults_to_every_forgotten_class(smoke_run, capsys):
   _, b, _ = smoke_run
   rc, out, _ = run_cli(capsys, "evaluate", "--ckpt", b, "--data", "embedded", "--json")

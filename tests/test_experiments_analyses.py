@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import figure5, figure7, privacy, sequential, table1, table2, table3
+from experiments import (figure5, figure7, precision, privacy, sequential, table1, table2,
+                         table3)
 from experiments.grid import report as report_lib
 from experiments.grid import runner
 from experiments.grid import spec
@@ -267,3 +268,16 @@ def test_privacy_smoke(tiny10, originals, tmp_path):
     assert 0.0 <= stats["closer_than_test_p01"] <= stats["closer_than_test_p05"] <= 1.0
   rows = read_csv(tmp_path / "nearest_training_images.csv")
   assert [row["space"] for row in rows] == ["pixel", "feature"]
+
+
+def test_precision_smoke(tiny10, originals, tmp_path):
+  records = run_smoke(precision, tmp_path, tiny10, originals)
+  by_label = {r["method"]: r for r in records}
+  assert sorted(by_label) == ["geniu", "geniu_bf16", "original"]
+  assert by_label["geniu_bf16"]["info"]["config"]["precision"] == "bfloat16"
+  assert by_label["geniu"]["info"]["config"]["precision"] == "float32"
+  # Different arithmetic, same original: the tuned models differ.
+  assert by_label["geniu_bf16"]["per_class"] != by_label["geniu"]["per_class"] or (
+      by_label["geniu_bf16"]["forget_predicted"] != by_label["geniu"]["forget_predicted"])
+  rows = read_csv(tmp_path / "precision.csv")
+  assert {row["method"] for row in rows} == {"original", "geniu", "geniu_bf16"}

@@ -240,3 +240,37 @@ def test_unknown_lowering_raises(bad):
     F.make_classifier(10, (28, 28, 1), WIDTH, bad, jax.random.key(0))
   with pytest.raises(ValueError, match="lowering"):
     F.make_generator((28, 28, 1), None, bad, jax.random.key(0))
+
+
+@pytest.mark.parametrize("lowering", ["native", "winograd"])
+def test_bfloat16_compute_keeps_float32_params_stats_and_logits(lowering):
+  shape, key = (28, 28, 1), jax.random.key(3)
+  f32 = F.make_classifier(10, shape, WIDTH, lowering, key)
+  bf16 = F.make_classifier(10, shape, WIDTH, lowering, key, "bfloat16")
+  a, b = pure_leaves(f32.params), pure_leaves(bf16.params)
+  assert a.keys() == b.keys()
+  assert all(b[k].dtype == np.float32 and np.array_equal(a[k], b[k]) for k in a)
+  assert all(v.dtype == np.float32 for v in pure_leaves(bf16.stats).values())
+  x = _images(shape, n=4, seed=5)
+  logits, new_stats = _apply(bf16.graphdef, bf16.params, bf16.stats, x, True)
+  assert logits.dtype == jnp.float32
+  assert all(v.dtype == np.float32 for v in pure_leaves(new_stats).values())
+  # The same numbers to bfloat16 rounding (8 bits of mantissa, a few layers deep).
+  ref = _logits(f32.graphdef, f32.params, f32.stats, x)
+  got = _logits(bf16.graphdef, bf16.params, bf16.stats, x)
+  assert not np.array_equal(got, ref)
+  np.testing.assert_allclose(got, ref, atol=0.1 * float(jnp.abs(ref).max()) + 1e-3)
+
+  # Gradients reach the float32 parameters in float32.
+  def loss(params):
+    return F.classifier_logits(bf16.graphdef, params, bf16.stats, x).sum()
+
+  grads = pure_leaves(jax.jit(jax.grad(loss))(bf16.params))
+  assert all(g.dtype == np.float32 and np.all(np.isfinite(g)) for g in grads.values())
+  assert any(np.any(g != 0) for g in grads.values())
+
+
+def test_unknown_precision_is_refused():
+  from geniu_jax.config import get_config
+  with pytest.raises(ValueError, match="precision"):
+    get_config("smoke", precision="float16")

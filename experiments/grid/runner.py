@@ -171,6 +171,10 @@ def run_one(method: spec_lib.MethodSpec, cell: spec_lib.Cell, data: CellData,
   preset changes."""
   cfg = spec_lib.method_config(cell, method)
   key = method_key(cell.seed, method.label)
+  if cfg.precision != data.cfg.precision:   # e.g. bfloat16 unlearning of a float32 original
+    graphdef = F.classifier_graphdef(data.num_classes, data.image_shape, cfg.width,
+                                     cfg.lowering, cfg.precision)
+    original = original._replace(classifier=original.classifier._replace(graphdef=graphdef))
   if method.method in ANALYSES:
     ctx = Context(cell, data, original, cfg, key, workdir, spec_lib.record_key(cell, method),
                   originals)

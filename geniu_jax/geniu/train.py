@@ -187,7 +187,7 @@ def train(cfg: Config, x_train: np.ndarray, y_train: np.ndarray, num_classes: in
                   jax.random.split(jax.random.key(cfg.seed), 5)))
 
   classifier = F.make_classifier(num_classes, image_shape, cfg.width, cfg.lowering,
-                                 keys["classifier"])
+                                 keys["classifier"], cfg.precision)
   cls_opt = classifier_optimizer(cfg, cfg.epochs * steps_per_epoch)
   cstate = ClassifierState(classifier.params, classifier.stats,
                            cls_opt.init(classifier.params))

@@ -31,9 +31,11 @@ class ConvBlock(nnx.Module):
   """conv -> BatchNorm -> ReLU."""
 
   def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, *,
-               lowering: Lowering, rngs: nnx.Rngs):
-    self.conv = Conv2d(c_in, c_out, kernel, stride, lowering=lowering, rngs=rngs)
-    self.norm = nnx.BatchNorm(c_out, momentum=BN_MOMENTUM, epsilon=1e-5, rngs=rngs)
+               lowering: Lowering, dtype=None, rngs: nnx.Rngs):
+    self.conv = Conv2d(c_in, c_out, kernel, stride, lowering=lowering, dtype=dtype, rngs=rngs)
+    # Statistics in float32 whatever the compute dtype (flax's mixed-precision default).
+    self.norm = nnx.BatchNorm(c_out, momentum=BN_MOMENTUM, epsilon=1e-5, dtype=dtype,
+                              rngs=rngs)
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     return jax.nn.relu(self.norm(self.conv(x), use_running_average=not train))
@@ -47,19 +49,23 @@ class AllCNN(nnx.Module):
     in_channels: 1 for MNIST-style data, 3 for CIFAR-10.
     width: channel multiplier (1.0 is the paper's model).
     lowering: convolution lowering, see `geniu_jax.models.conv`.
+    dtype: compute dtype (`bfloat16` for mixed precision) or None (float32);
+      parameters and BatchNorm statistics stay float32 and the logits are
+      returned in float32, so losses and softmaxes never run in bfloat16.
     rngs: NNX random streams.
   """
 
   def __init__(self, num_classes: int, in_channels: int = 1, width: float = 1.0, *,
-               lowering: Lowering = "auto", rngs: nnx.Rngs):
+               lowering: Lowering = "auto", dtype=None, rngs: nnx.Rngs):
     blocks = []
     c_in = in_channels
     for channels, kernel, stride in ALLCNN_BLOCKS:
       c_out = scaled_channels(channels, width)
-      blocks.append(ConvBlock(c_in, c_out, kernel, stride, lowering=lowering, rngs=rngs))
+      blocks.append(ConvBlock(c_in, c_out, kernel, stride, lowering=lowering, dtype=dtype,
+                              rngs=rngs))
       c_in = c_out
     self.blocks = nnx.List(blocks)
-    self.head = nnx.Linear(c_in, num_classes, rngs=rngs)
+    self.head = nnx.Linear(c_in, num_classes, dtype=dtype, rngs=rngs)
 
   def features(self, x: jax.Array, train: bool = False) -> list[jax.Array]:
     """Activations after every block (used by GKT's attention transfer)."""
@@ -71,4 +77,4 @@ class AllCNN(nnx.Module):
 
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     x = self.features(x, train)[-1]
-    return self.head(jnp.mean(x, axis=(1, 2)))
+    return self.head(jnp.mean(x, axis=(1, 2))).astype(jnp.float32)

@@ -101,20 +101,25 @@ class Conv2d(nnx.Module):
     stride: square stride.
     lowering: `native`, `patches`, `winograd` or `auto` (see module docstring).
     use_bias: add a learned per-channel bias.
+    dtype: compute dtype (e.g. bfloat16), None for the input's; the
+      parameters stay float32.
     rngs: NNX random streams; `params` initialises the kernel.
   """
 
   def __init__(self, in_features: int, out_features: int, kernel_size: int,
                stride: int = 1, *, lowering: Lowering = "auto",
-               use_bias: bool = False, rngs: nnx.Rngs):
+               use_bias: bool = False, dtype=None, rngs: nnx.Rngs):
     init = jax.nn.initializers.he_normal()
     self.kernel = nnx.Param(
         init(rngs.params(), (kernel_size, kernel_size, in_features, out_features)))
     self.bias = nnx.Param(jnp.zeros((out_features,))) if use_bias else None
     self.stride = stride
     self.lowering = resolve_lowering(lowering)
+    self.dtype = dtype
 
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.kernel[...]
+    if self.dtype is not None:   # mixed precision: float32 kernel, computed in dtype
+      x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
     y = conv2d(x, kernel, self.stride, self.lowering)
-    return y if self.bias is None else y + self.bias[...]
+    return y if self.bias is None else y + self.bias[...].astype(y.dtype)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from geniu_jax.models.allcnn import AllCNN
@@ -49,10 +50,26 @@ def _jitted_init(build, key: jax.Array) -> SplitModel:
   return SplitModel(graphdef, params, stats)
 
 
+def _allcnn_builder(num_classes: int, image_shape, width: float, lowering: str,
+                    precision: str):
+  dtype = None if precision == "float32" else jnp.dtype(precision)
+  return lambda k: AllCNN(num_classes, image_shape[-1], width, lowering=lowering, dtype=dtype,
+                          rngs=nnx.Rngs(params=k))
+
+
 def make_classifier(num_classes: int, image_shape, width: float, lowering: str,
-                    key: jax.Array) -> SplitModel:
-  return _jitted_init(lambda k: AllCNN(num_classes, image_shape[-1], width,
-                                       lowering=lowering, rngs=nnx.Rngs(params=k)), key)
+                    key: jax.Array, precision: str = "float32") -> SplitModel:
+  """An initialised AllCNN; `precision` is its compute dtype (`Config.precision`)."""
+  return _jitted_init(_allcnn_builder(num_classes, image_shape, width, lowering, precision),
+                      key)
+
+
+def classifier_graphdef(num_classes: int, image_shape, width: float, lowering: str,
+                        precision: str = "float32"):
+  """The graph definition of `make_classifier(...)` alone (nothing is initialised):
+  with it, a classifier's parameters run in another precision or lowering."""
+  build = _allcnn_builder(num_classes, image_shape, width, lowering, precision)
+  return split(nnx.eval_shape(lambda: build(jax.random.key(0)))).graphdef
 
 
 def make_generator(image_shape, latent_dim: int | None, lowering: str,
