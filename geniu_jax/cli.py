@@ -129,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--data", required=True)
   p.add_argument("--forget", type=int, nargs="+",
                  help="the forgotten classes (default: every class the checkpoint has forgotten)")
+  p.add_argument("--reference", metavar="CKPT",
+                 help="the retrained model: adds JS divergence and activation distance to it, "
+                      "its attack scores, and both models' relearn time with their AIN")
+  p.add_argument("--relearn-target", type=float, default=0.5, dest="relearn_target",
+                 metavar="A", help="relearn until the forgotten classes' training accuracy "
+                                   "reaches A, in (0, 1] (default 0.5)")
   p.add_argument("--json", action="store_true")
 
   p = sub.add_parser("demo", help="original vs retrain vs GENIU on the embedded data")
@@ -344,11 +350,41 @@ def cmd_evaluate(args) -> int:
     raise UsageError(
         f"data {args.data} ({list(ds.image_shape)}, {ds.num_classes} classes) does not fit "
         f"checkpoint {args.ckpt} ({meta['image_shape']}, {meta['num_classes']} classes)")
+  if not (0.0 < args.relearn_target <= 1.0):
+    raise UsageError(f"argument --relearn-target: must be an accuracy in (0, 1], got "
+                     f"{args.relearn_target}")
+  if args.reference is not None:
+    ref_meta = ckpt_lib.read_metadata(args.reference)
+    validate.check_metadata(ref_meta, args.reference)
+    if (ref_meta["image_shape"], ref_meta["num_classes"]) != (meta["image_shape"],
+                                                             meta["num_classes"]):
+      raise UsageError(f"--reference {args.reference} does not fit checkpoint {args.ckpt} "
+                       f"({ref_meta['image_shape']}, {ref_meta['num_classes']} classes)")
   ck = ckpt_lib.restore(args.ckpt)
-  result = runs.evaluate(ck.classifier, ds.x_test, ds.y_test, ds.num_classes, forget)
+  reference = ckpt_lib.restore(args.reference).classifier if args.reference else None
+  # Membership inference needs the training split itself, rebuilt from the metadata.
+  train = runs.prepare_data(meta["data_source"], meta["majority"], meta["imbalance"],
+                            meta["seed"], validation_per_class=(meta.get("grid_cell") or {})
+                            .get("validation_per_class", 0), log=None)
+  import jax
+  from geniu_jax.evaluation import unlearning as evaluation
+  result = evaluation.evaluate(
+      ck.classifier, x_train=train.x_train, y_train=train.y_train, x_test=ds.x_test,
+      y_test=ds.y_test, num_classes=ds.num_classes, forget=forget, reference=reference,
+      relearning=evaluation.Relearning(target=args.relearn_target),
+      key=jax.random.key(meta.get("seed", 0)))
   print(f"forgotten classes {list(forget)}: Acc_r {_acc(result['acc_r'])}  "
         f"Acc_f {_acc(result['acc_f'])}")
   print("per class: " + " ".join(f"{k}:{_acc(a, 3)}" for k, a in enumerate(result["per_class"])))
+  print(f"membership inference: MIA-efficacy (confidence) {_acc(result['mia_confidence'], 3)}, "
+        f"entropy attack {_acc(result['mia_entropy'], 3)}"
+        + ("" if reference is None else
+           f" (retrained: {_acc(result['reference_mia_confidence'], 3)}, "
+           f"{_acc(result['reference_mia_entropy'], 3)})"))
+  if reference is not None:
+    print(f"to the retrained model: JS {result['js_to_reference']:.4f}, activation distance "
+          f"{result['activation_distance']:.4f}; relearn steps {result.get('relearn_steps')} "
+          f"vs {result.get('relearn_steps_reference')} (AIN {_acc(result.get('ain'), 3)})")
   if result.get("missing"):
     _log(f"note: the test split has no image of class(es) {result['missing']}: their "
          "accuracies are n/a (null in --json), not 0")

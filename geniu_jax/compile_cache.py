@@ -38,7 +38,7 @@ def default_dir(environ: dict | None = None) -> Path:
 
 
 def enable(cache_dir: str | os.PathLike, *, min_compile_secs: float = 0.0,
-           max_size_bytes: int | None = None) -> Path:
+           max_size_bytes: int | None = DEFAULT_MAX_BYTES) -> Path:
   """Stores and reuses compiled programs under `cache_dir` (created if missing).
 
   Args:
@@ -47,7 +47,9 @@ def enable(cache_dir: str | os.PathLike, *, min_compile_secs: float = 0.0,
       are written (JAX's default, 1 s, would skip the many small jitted
       helpers; 0 keeps everything, which is what a CLI wants).
     max_size_bytes: evict least recently used entries beyond this size;
-      None = unbounded.
+      None = unbounded. Keep one choice per directory: JAX's bounded cache
+      keeps an access-time file beside each entry, which entries written
+      unbounded lack (it then warns on every hit).
 
   Returns:
     The absolute cache directory.

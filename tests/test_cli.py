@@ -566,6 +566,26 @@ def test_unlearn_in_bfloat16_is_recorded(smoke_run, tmp_path):
   assert all(v.dtype == np.float32 for v in params.values())
 
 
+def test_evaluate_against_a_reference_reports_attacks_distances_and_relearn_time(
+    smoke_run, capsys):
+  _, b, _ = smoke_run
+  rc, out, _ = run_cli(capsys, "evaluate", "--ckpt", b, "--data", "embedded", "--reference", b,
+                       "--json")
+  assert rc == 0
+  report = json.loads(out.strip().splitlines()[-1])
+  assert "membership inference" in out and "to the retrained model" in out
+  for key in ("mia_confidence", "mia_entropy", "reference_mia_confidence"):
+    assert 0.0 <= report[key] <= 1.0
+  # A model against itself: no distance, the same attack scores and relearn time.
+  assert report["js_to_reference"] == 0.0 and report["activation_distance"] == 0.0
+  assert report["mia_confidence"] == report["reference_mia_confidence"]
+  assert report["relearn_steps"] == report["relearn_steps_reference"]
+  assert report["ain"] in (1.0, None)
+  rc, _, err = run_cli(capsys, "evaluate", "--ckpt", b, "--data", "embedded",
+                       "--relearn-target", "0")
+  assert_usage_error(rc, err, contains="--relearn-target")
+
+
 def test_evaluate_defaults_to_every_forgotten_class(smoke_run, capsys):
   _, b, _ = smoke_run
   rc, out, _ = run_cli(capsys, "evaluate", "--ckpt", b, "--data", "embedded", "--json")
