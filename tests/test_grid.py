@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -134,6 +135,30 @@ def test_grid_fills_every_record(uninterrupted, tiny_source):
     if r["method"] == "retrain":  # trained on the retained classes only
       assert r["info"]["train_samples"] == 73 - 55
   assert len(list((uninterrupted / runner.ORIGINALS).iterdir())) == 2
+
+
+def test_evaluation_against_the_kept_retrained_model(uninterrupted, tiny_source, tmp_path):
+  # Retrain first, so the later methods have their reference.
+  base = tiny_config(tiny_source)
+  retrain = next(m for m in base.methods if m.method == "retrain")
+  cfg = base.replace(forget_sets=((3,),), evaluate=True,
+                     methods=(retrain,) + tuple(m for m in base.methods if m is not retrain))
+  originals = tmp_path / "originals"     # a copy of the trained originals
+  shutil.copytree(uninterrupted / runner.ORIGINALS, originals)
+  runner.run(cfg, tmp_path / "work", originals=originals)
+  by_label = {r["method"]: r for r in store_lib.Store(tmp_path / "work").read_records()}
+  kept = originals / f"{spec.cells(cfg, None)[0].key}.retrain"
+  assert (kept / "metadata.json").exists()
+  for r in by_label.values():
+    assert 0.0 <= r["mia_confidence"] <= 1.0 and 0.0 <= r["mia_entropy"] <= 1.0
+  assert "js_to_reference" not in by_label["retrain"]      # it is the reference
+  for label in ("original", "geniu"):
+    r = by_label[label]
+    assert r["js_to_reference"] >= 0.0 and r["activation_distance"] >= 0.0
+    assert r["reference_mia_confidence"] == by_label["retrain"]["mia_confidence"]
+    assert "relearn_steps" in r and "ain" in r
+  # The original still knows the class: it needs no relearning at all.
+  assert by_label["original"]["relearn_steps"] == 0
 
 
 def test_rerun_skips_finished_records(uninterrupted, tiny_source, monkeypatch):

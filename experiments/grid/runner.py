@@ -34,6 +34,7 @@ from geniu_jax import checkpoint as ckpt_lib
 from geniu_jax import data as data_lib
 from geniu_jax import metrics, runs
 from geniu_jax.config import Config
+from geniu_jax.evaluation import unlearning as evaluation_lib
 from geniu_jax.geniu import train as train_lib
 from geniu_jax.methods import command, records, registry
 from geniu_jax.models import functional as F
@@ -82,9 +83,15 @@ def predictions(model: F.SplitModel, x: np.ndarray, chunk: int = 1000) -> np.nda
   return np.concatenate(out)
 
 
-def score(model: F.SplitModel, data: CellData, forget) -> dict:
+def score(model: F.SplitModel, data: CellData, forget, *, evaluation: dict | None = None
+          ) -> dict:
   """Test (and validation) Acc_r, Acc_f, per class, and where the forgotten
-  class's test images go (`forget_predicted`: counts per predicted class)."""
+  class's test images go (`forget_predicted`: counts per predicted class).
+
+  `evaluation` (`Evaluation.kwargs`) adds membership inference and, against
+  the cell's retrained model, JS, activation distance, relearn steps and AIN
+  (`geniu_jax.evaluation.unlearning`).
+  """
   k = data.num_classes
   pred = predictions(model, data.x_test)
   out = _accuracies(pred, data.y_test, k, forget)
@@ -93,7 +100,53 @@ def score(model: F.SplitModel, data: CellData, forget) -> dict:
   if data.x_val is not None:
     val = _accuracies(predictions(model, data.x_val), data.y_val, k, forget)
     out.update({f"val_{m}": v for m, v in val.items()})
+  if evaluation is not None:
+    extra = evaluation_lib.evaluate(model, x_train=data.x_train, y_train=data.y_train,
+                                    x_test=data.x_test, y_test=data.y_test, num_classes=k,
+                                    forget=forget, **evaluation)
+    out.update({m: extra[m] for m in EVALUATION_FIELDS if m in extra})
   return out
+
+
+EVALUATION_FIELDS = ("mia_confidence", "mia_entropy", "reference_mia_confidence",
+                     "reference_mia_entropy", "js_to_reference", "activation_distance",
+                     "relearn_steps", "relearn_steps_reference", "ain")
+RELEARN_ALPHA = 0.5   # relearn until alpha x the original's accuracy (the GKT paper's AIN)
+
+
+class Evaluation:
+  """The evaluation of one cell's records: its retrained model (kept beside the
+  original, so a resumed grid still has it) and what is computed once of it."""
+
+  def __init__(self, cell: spec_lib.Cell, data: CellData, original: ckpt_lib.Checkpoint,
+               originals: epath.Path):
+    self.path = originals / f"{cell.key}.retrain"
+    self.reference = (ckpt_lib.restore(self.path).classifier
+                      if (self.path / "metadata.json").exists() else None)
+    gone = np.isin(data.y_train, cell.forget)
+    own = predictions(original.classifier, data.x_train[gone]) == data.y_train[gone]
+    self.relearning = evaluation_lib.Relearning(target=RELEARN_ALPHA * float(own.mean()))
+    self.key = jax.random.fold_in(jax.random.key(cell.seed), 7)
+    self.cache: dict = {}
+    self.cell, self.data = cell, data
+
+  def keep_reference(self, model: F.SplitModel) -> None:
+    """Stores the retrained model the first time one is made for the cell."""
+    if self.reference is not None:
+      return
+    cfg = self.data.cfg
+    meta = ckpt_lib.make_metadata(cfg, source=self.cell.source,
+                                  image_shape=self.data.image_shape,
+                                  num_classes=self.data.num_classes, majority=self.cell.forget,
+                                  extra={"retrained_without": list(self.cell.forget)})
+    ckpt_lib.save(self.path, model, None, None, meta)
+    self.reference = model
+
+  def kwargs(self, method: spec_lib.MethodSpec) -> dict:
+    # The retrained model is scored without a reference: it is the reference.
+    reference = None if method.method == "retrain" else self.reference
+    return dict(reference=reference, relearning=self.relearning, key=self.key,
+                reference_cache=self.cache)
 
 
 def _accuracies(pred, y, num_classes, forget) -> dict:
@@ -251,9 +304,14 @@ def run(cfg: spec_lib.GridConfig, workdir, *, shard: tuple[int, int] = (0, 1),
     log(progress.line(cell.describe()))
     data = CellData(cell)
     original, _ = obtain_original(cell, data, originals)
+    evaluation = Evaluation(cell, data, original, originals) if cfg.evaluate else None
     for method in todo:
       model, info = run_one(method, cell, data, original, store.root, originals)
-      scores = {} if model is None else score(model, data, cell.forget)
+      if evaluation is not None and method.method == "retrain" and model is not None:
+        evaluation.keep_reference(model)
+      scores = {} if model is None else score(
+          model, data, cell.forget,
+          evaluation=None if evaluation is None else evaluation.kwargs(method))
       record = make_record(cfg, cell, method, scores, info)
       store.write(spec_lib.record_key(cell, method), record)
       progress.done += 1

@@ -86,6 +86,10 @@ class GridConfig:
       them, so unlearning settings can be chosen without the test split.
     curve_every: Figure 7: evaluate GENIU's parameters every k tuning rounds
       (0: off).
+    evaluate: also record membership inference and, against the cell's
+      retrained model (kept as `originals/<cell key>.retrain`), JS
+      divergence, activation distance, relearn steps and AIN
+      (`runner.Evaluation`); the retrain method must run first to have one.
   """
   name: str
   preset: str
@@ -97,6 +101,7 @@ class GridConfig:
   train_variants: tuple[TrainVariant, ...] = (TrainVariant(),)
   validation_per_class: int = 0
   curve_every: int = 0
+  evaluate: bool = False
 
   def replace(self, **fields) -> "GridConfig":
     return dataclasses.replace(self, **fields)

@@ -93,7 +93,7 @@ def attacks(model: F.SplitModel, x_train, y_train, x_test, y_test, forget: Seque
 def evaluate(model: F.SplitModel, *, x_train, y_train, x_test, y_test, num_classes: int,
              forget: Sequence[int], reference: F.SplitModel | None = None,
              relearning: Relearning | None = Relearning(), key: jax.Array,
-             attack_samples: int = 2000) -> dict:
+             attack_samples: int = 2000, reference_cache: dict | None = None) -> dict:
   """Accuracies, membership inference and (given `reference`) distance and relearn time.
 
   Args:
@@ -106,6 +106,9 @@ def evaluate(model: F.SplitModel, *, x_train, y_train, x_test, y_test, num_class
     relearning: relearn-time setting, None to skip it (it fine-tunes).
     key: randomness of the attacks' subsamples and of relearning.
     attack_samples: cap per side of the membership-inference attacks.
+    reference_cache: a dict kept between calls with the same reference, data,
+      key and settings (a grid scores many methods against one retrained
+      model): the reference's own results are computed once.
 
   Returns:
     `metrics.evaluate`'s dict plus `mia_confidence`, `mia_entropy` and,
@@ -120,11 +123,15 @@ def evaluate(model: F.SplitModel, *, x_train, y_train, x_test, y_test, num_class
                      attack_samples=attack_samples))
   if reference is None:
     return out
-  ref = attacks(reference, x_train, y_train, x_test, y_test, forget, seed=seed,
-                attack_samples=attack_samples)
+  cache = {} if reference_cache is None else reference_cache
+  if "attacks" not in cache:
+    cache["attacks"] = attacks(reference, x_train, y_train, x_test, y_test, forget, seed=seed,
+                               attack_samples=attack_samples)
+    cache["probs"] = probabilities(reference, x_test)
+  ref = cache["attacks"]
   out.update(reference_mia_confidence=ref["mia_confidence"],
              reference_mia_entropy=ref["mia_entropy"])
-  p, q = probabilities(model, x_test), probabilities(reference, x_test)
+  p, q = probabilities(model, x_test), cache["probs"]
   out.update(js_to_reference=distance.js_divergence(p, q),
              activation_distance=distance.activation_distance(p, q))
   gone = np.isin(y_train, forget)
@@ -133,7 +140,9 @@ def evaluate(model: F.SplitModel, *, x_train, y_train, x_test, y_test, num_class
   kw = dict(target_acc=relearning.target, max_steps=relearning.max_steps, lr=relearning.lr,
             batch_size=min(relearning.batch_size, int(gone.sum())), key=relearn_key)
   steps = relearn.relearn_steps(model, x_train[gone], y_train[gone], **kw)
-  steps_ref = relearn.relearn_steps(reference, x_train[gone], y_train[gone], **kw)
+  if "relearn_steps" not in cache:
+    cache["relearn_steps"] = relearn.relearn_steps(reference, x_train[gone], y_train[gone], **kw)
+  steps_ref = cache["relearn_steps"]
   out.update(relearn_steps=steps, relearn_steps_reference=steps_ref,
              ain=relearn.anamnesis_index(steps, steps_ref))
   return out
