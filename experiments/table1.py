@@ -65,6 +65,8 @@ GENIU_SHARP_FORGOTTEN = MethodSpec("geniu_sharp_forgotten", "geniu", overrides(
 GENIU_SETTINGS = (GENIU_CPU, GENIU_SHARP_FORGOTTEN, GENIU_MARGIN2, GENIU_PAPER)
 BASELINES = ("gkt", "unsir", "ir", "unrolling")
 EXTRA = ("ir_relabel",)
+# Baselines with a `reference` setting (the published code's), run beside ours.
+REFERENCE_BASELINES = ("unsir", "ir", "ir_relabel")
 ABLATIONS = {"geniu_post_impair_repair": ("post_training", "impair_repair"),
              "geniu_impair_repair": ("geniu", "impair_repair"),
              "geniu_post": ("post_training", "in_batch")}
@@ -73,6 +75,8 @@ ABLATIONS = {"geniu_post_impair_repair": ("post_training", "impair_repair"),
 def methods(seed0: tuple[int, ...] = (0,)) -> tuple[MethodSpec, ...]:
   """Original, the GENIU settings and Retrain on every seed, the rest on `seed0`."""
   rest = tuple(MethodSpec(name, name, seeds=seed0) for name in BASELINES + EXTRA)
+  rest += tuple(MethodSpec(f"{name}_reference", name, overrides(baseline_setting="reference"),
+                           seeds=seed0) for name in REFERENCE_BASELINES)
   ablations = tuple(MethodSpec(name, name, GENIU_PAPER.overrides, seeds=seed0)
                     for name in ABLATIONS)
   # Retrain first: it is the reference every later method is evaluated against.

@@ -26,7 +26,7 @@ from geniu_jax import data as data_lib
 from geniu_jax import forget_requests as requests_lib
 from geniu_jax import jsonutil
 from geniu_jax import validate
-from geniu_jax.config import (FORGET_LOSSES, PRECISIONS, PRESETS, RETAIN_TARGETS,
+from geniu_jax.config import (BASELINE_SETTINGS, FORGET_LOSSES, PRECISIONS, PRESETS, RETAIN_TARGETS,
                               SHARPEN_MODES, Config,
                               get_config)
 from geniu_jax.models.conv import LOWERINGS
@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "proxy toward the forgotten class, retained ones also toward their own "
                       "(default: the checkpoint's config)")
   _add_precision_flag(p)
+  p.add_argument("--baseline-setting", choices=BASELINE_SETTINGS, dest="baseline_setting",
+                 help="UNSIR and I-R: recommended (ours) or reference (the published code's, "
+                      "quirks included; see each method's docstring)")
   p.add_argument("--drop-generator", action="store_true", dest="drop_generator",
                  help="write the unlearned checkpoint without GENIU's generator and prompts "
                       "(no later GENIU request can use it)")

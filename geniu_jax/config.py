@@ -27,6 +27,8 @@ SELECTION_SOURCES = ("pass", "epoch")
 # Compute dtype of the classifier (models.allcnn); parameters, optimizer state
 # and BatchNorm statistics stay float32 either way.
 PRECISIONS = ("float32", "bfloat16")
+# The baselines' settings (geniu_jax.methods): ours, or the published code's.
+BASELINE_SETTINGS = ("recommended", "reference")
 
 # Upper bounds of the range checks. Adam steps of size > 10 on weights of
 # order 1 (or on [0, 1] images, for the prompts) only diverge, so a larger
@@ -41,7 +43,8 @@ _LEARNING_RATES = ("lr", "prompt_lr", "generator_lr", "unlearn_lr")
 _NON_NEGATIVE = ("weight_decay", "kl_weight", "forget_margin")
 _CHOICES = {"selection": SELECTION_RULES, "selection_source": SELECTION_SOURCES,
             "sharpen_mode": SHARPEN_MODES, "retain_target": RETAIN_TARGETS,
-            "forget_loss": FORGET_LOSSES, "precision": PRECISIONS}
+            "forget_loss": FORGET_LOSSES, "precision": PRECISIONS,
+            "baseline_setting": BASELINE_SETTINGS}
 
 
 def _is_int(v) -> bool:
@@ -79,7 +82,7 @@ class Config:
       in training and in unlearning.
     epochs: classifier epochs (Epoch_f of Alg. 1).
     batch_size: classifier batch size.
-    lr: classifier peak learning rate (Adam with a one-cycle schedule).
+    lr: classifier peak learning rate (Adam with a one-cycle schedule; `geniu.train`).
     weight_decay: classifier L2 weight decay.
     prompt_lr: Adam learning rate of the noise prompts (Eq. 8).
     prompt_steps: prompt steps per epoch (Epoch_z).
@@ -119,6 +122,9 @@ class Config:
       classes removed); see `geniu.unlearn.Objective`.
     forget_loss: its loss on forgotten proxies: `inv_ce` (Eq. 10) or `margin`.
     forget_margin: the logit margin of `forget_loss="margin"`.
+    baseline_setting: the baselines' (UNSIR, I-R) settings: `recommended`
+      (ours) or `reference` (the published code's, its quirks included;
+      each method's docstring lists them).
     imbalance: minority keep-rate r, or one rate per class.
     seed: seed of data subsampling and of all parameter initialisation.
   """
@@ -151,6 +157,7 @@ class Config:
   retain_target: str = "label"
   forget_loss: str = "inv_ce"
   forget_margin: float = 2.0
+  baseline_setting: str = "recommended"
   imbalance: float | tuple[float, ...] = 0.1
   seed: int = 0
 

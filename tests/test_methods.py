@@ -249,3 +249,35 @@ def test_cli_unlearn(smoke, tmp_path, capsys):
   assert "--record-baselines" in capsys.readouterr().err
   assert cli.main(["unlearn", "--ckpt", str(tmp_path / "ck"), "--forget", "9",
                    "--method", "nope", "--out", str(tmp_path / "out3")]) == 2
+
+
+def test_unsir_reference_setting_reproduces_the_notebooks_sizes_and_quirks(smoke):
+  from geniu_jax.methods import unsir as unsir_lib
+  _, ours, _ = _unlearn(smoke, "unsir")
+  recommended = unsir_lib.PRESETS["smoke"]
+  assert ours["noise_samples"] == recommended.noise_batch * recommended.noise_copies
+  assert ours["noise_labels"] == [9]
+  ref_cfg = smoke.cfg.replace(baseline_setting="reference")
+  model, info = registry.run_method(
+      "unsir", ref_cfg, jax.random.key(0), classifier=smoke.result.classifier, forget=FORGET,
+      num_classes=smoke.data.num_classes, image_shape=smoke.data.x_train.shape[1:],
+      **smoke.available)
+  # One 1-channel image x 20 copies, labelled 0, beside the first 1,000 of each class.
+  assert info["noise_samples"] == 20 and info["noise_labels"] == [0]
+  retained = np.asarray(smoke.available["retained_data"][1])
+  expected = sum(min(1000, int((retained == k).sum())) for k in np.unique(retained))
+  assert info["retained_subset"] == expected
+  assert info["impair_samples"] == 20 + expected
+  with pytest.raises(ValueError, match="no `reference` setting"):
+    registry.run_method("gkt", ref_cfg, jax.random.key(0), classifier=smoke.result.classifier,
+                        forget=FORGET, num_classes=smoke.data.num_classes,
+                        image_shape=smoke.data.x_train.shape[1:], **smoke.available)
+
+
+def test_ir_reference_setting_is_the_amnesiac_codes(smoke):
+  from geniu_jax.methods import common, ir as ir_lib
+  ref = common.by_preset(smoke.cfg.replace(baseline_setting="reference"), ir_lib.PRESETS,
+                         ir_lib.REFERENCE)
+  assert (ref.repair_epochs, ref.repair_lr, ref.batch_size) == (10, 1e-3, 64)
+  assert (ref.relabel_epochs, ref.relabel_lr) == (10, 1e-3)
+  assert common.by_preset(smoke.cfg, ir_lib.PRESETS, ir_lib.REFERENCE) == ir_lib.PRESETS["smoke"]

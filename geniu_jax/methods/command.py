@@ -58,7 +58,8 @@ def config_with_overrides(cfg: Config, args) -> Config:
                     retain_target=getattr(args, "retain_target", None),
                     forget_loss=getattr(args, "forget_loss", None),
                     forget_margin=getattr(args, "forget_margin", None),
-                    sharpen_mode=getattr(args, "sharpen_mode", None))
+                    sharpen_mode=getattr(args, "sharpen_mode", None),
+                    baseline_setting=getattr(args, "baseline_setting", None))
   if getattr(args, "no_stop", False):
     cfg = dataclasses.replace(cfg, stop_forget_prob=None)
   elif getattr(args, "stop_forget_prob", None) is not None:

@@ -98,8 +98,14 @@ def init_split(watch: "Stopwatch", module_cls, *args, key: jax.Array, **kwargs) 
   return F.SplitModel(graphdef, params, stats)
 
 
-def by_preset(cfg: Config, table: dict[str, Any]) -> Any:
-  """Per-preset setting; unknown presets fall back to the paper's."""
+def by_preset(cfg: Config, table: dict[str, Any], reference: Any = None) -> Any:
+  """Per-preset setting (unknown presets fall back to the paper's), or
+  `reference`, the published code's, when `cfg.baseline_setting` asks for it."""
+  if cfg.baseline_setting == "reference":
+    if reference is None:
+      raise ValueError("this method has no `reference` setting; use baseline_setting "
+                       "'recommended'")
+    return reference
   return table.get(cfg.preset, table["paper"])
 
 
