@@ -122,7 +122,7 @@ class Config:
       classes removed); see `geniu.unlearn.Objective`.
     forget_loss: its loss on forgotten proxies: `inv_ce` (Eq. 10) or `margin`.
     forget_margin: the logit margin of `forget_loss="margin"`.
-    baseline_setting: the baselines' (UNSIR, I-R) settings: `recommended`
+    baseline_setting: the baselines' (UNSIR, GKT, I-R) settings: `recommended`
       (ours) or `reference` (the published code's, its quirks included;
       each method's docstring lists them).
     imbalance: minority keep-rate r, or one rate per class.
