@@ -293,19 +293,12 @@ def test_gkt_reference_quirks(smoke):
   # Eval-mode student: its BatchNorm statistics never leave their initial 0 / 1.
   stats = [np.asarray(v) for v in jax.tree.leaves(run.student.stats)]
   assert all(np.all((v == 0) | (v == 1)) for v in stats)
+  assert np.isfinite(run.info["student_loss"])
   # A final BatchNorm, not a sigmoid: images leave [0, 1], about zero-mean.
   x = np.asarray(gkt_lib.sample(run.generator, key=jax.random.key(1), batches=1,
                                 batch_size=16))
   assert x.min() < 0.0 and x.max() > 1.0 and abs(float(x.mean())) < 0.1
-  ours = gkt_lib.train_gkt(smoke.result.classifier, FORGET, smoke.data.num_classes,
-                           smoke.data.x_train.shape[1:], smoke.cfg, key=jax.random.key(0),
-                           settings=dataclasses.replace(ref, kl_over_classes=False,
-                                                        student_eval_mode=False,
-                                                        generator_output="sigmoid",
-                                                        generator_lr_halving=0,
-                                                        gate_class_zero=False))
-  y = np.asarray(gkt_lib.sample(ours.generator, key=jax.random.key(1), batches=1,
-                                batch_size=16))
+  ours = F.split(gkt_lib.Generator(tuple(smoke.data.x_train.shape[1:]), 128, 0.125,
+                                   lowering="native", rngs=nnx.Rngs(params=jax.random.key(2))))
+  y = np.asarray(gkt_lib.generate(ours, jax.random.normal(jax.random.key(3), (16, 128))))
   assert 0.0 <= y.min() and y.max() <= 1.0
-  assert any(np.any(np.asarray(v) != np.asarray(w)) for v, w in
-             zip(jax.tree.leaves(ours.student.stats), jax.tree.leaves(run.student.stats)))
