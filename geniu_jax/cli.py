@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "(default: the checkpoint's config)")
   _add_precision_flag(p)
   p.add_argument("--baseline-setting", choices=BASELINE_SETTINGS, dest="baseline_setting",
-                 help="UNSIR, GKT and I-R: recommended (ours) or reference (the published code's, "
+                 help="UNSIR, GKT, I-R and Unrolling: recommended (ours) or reference (the published code's, "
                       "quirks included; see each method's docstring)")
   p.add_argument("--drop-generator", action="store_true", dest="drop_generator",
                  help="write the unlearned checkpoint without GENIU's generator and prompts "

@@ -122,9 +122,9 @@ class Config:
       classes removed); see `geniu.unlearn.Objective`.
     forget_loss: its loss on forgotten proxies: `inv_ce` (Eq. 10) or `margin`.
     forget_margin: the logit margin of `forget_loss="margin"`.
-    baseline_setting: the baselines' (UNSIR, GKT, I-R) settings: `recommended`
-      (ours) or `reference` (the published code's, its quirks included;
-      each method's docstring lists them).
+    baseline_setting: the baselines' (UNSIR, GKT, I-R, Unrolling) settings:
+      `recommended` (ours) or `reference` (the published code's, its quirks
+      included; each method's docstring lists them).
     imbalance: minority keep-rate r, or one rate per class.
     seed: seed of data subsampling and of all parameter initialisation.
   """

@@ -268,10 +268,9 @@ def test_unsir_reference_setting_reproduces_the_notebooks_sizes_and_quirks(smoke
   expected = sum(min(1000, int((retained == k).sum())) for k in np.unique(retained))
   assert info["retained_subset"] == expected
   assert info["impair_samples"] == 20 + expected
+  from geniu_jax.methods import common
   with pytest.raises(ValueError, match="no `reference` setting"):
-    registry.run_method("gkt", ref_cfg, jax.random.key(0), classifier=smoke.result.classifier,
-                        forget=FORGET, num_classes=smoke.data.num_classes,
-                        image_shape=smoke.data.x_train.shape[1:], **smoke.available)
+    common.by_preset(ref_cfg, {"paper": "ours"})
 
 
 def test_ir_reference_setting_is_the_amnesiac_codes(smoke):
@@ -281,6 +280,14 @@ def test_ir_reference_setting_is_the_amnesiac_codes(smoke):
   assert (ref.repair_epochs, ref.repair_lr, ref.batch_size) == (10, 1e-3, 64)
   assert (ref.relabel_epochs, ref.relabel_lr) == (10, 1e-3)
   assert common.by_preset(smoke.cfg, ir_lib.PRESETS, ir_lib.REFERENCE) == ir_lib.PRESETS["smoke"]
+
+
+def test_unrolling_reference_has_no_training_time_correction(smoke):
+  model, info = registry.run_method(
+      "unrolling", smoke.cfg.replace(baseline_setting="reference"), jax.random.key(0),
+      classifier=smoke.result.classifier, forget=FORGET, num_classes=smoke.data.num_classes,
+      image_shape=smoke.data.x_train.shape[1:], **smoke.available)
+  assert info["train_correction"] is False and info["updates"] == 10
 
 
 def test_gkt_reference_quirks(smoke):

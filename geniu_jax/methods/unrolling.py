@@ -12,8 +12,11 @@ Our reading of GENIU §5 ("In unlearning phase, it arranges forgetting data in
 the first batch and performs incremental training with both unlearned
 training data and retain training data. It records gradients when learning
 the first batch and adds recorded gradients on weights after the incremental
-training"), which is also what Thudi et al.'s `Unlearning/finetune.py` does
-starting from a pretrained model:
+training"). Thudi et al.'s code (cleverhans-lab/unrolling-sgd) has no
+class-unlearning script: `correlation_verification.py` puts the batch to
+forget first and the rest of the training set after it, `finetune.py` runs
+T = 10 SGD updates from a pretrained model; both add lr x its gradient at the
+starting weights. Ours, from the original weights:
 
 1. Incremental training from the original weights w_or, SGD as in
    finetune.py (lr 0.1, momentum 0.9, weight decay 5e-4, batch 32, T = 10
@@ -30,7 +33,9 @@ starting from a pretrained model:
    exactly) the initial weights w_0. The original model was trained with
    Adam, not SGD, so eta_train is the configured peak training lr
    (`cfg.lr`); after a whole training run this term is small (first-order in
-   eta_train only), and `train_correction=False` leaves it out.
+   eta_train only), and `train_correction=False` leaves it out. No
+   reference has this term: `baseline_setting="reference"` (`REFERENCE`)
+   leaves it out, steps 1-2 being what the code does.
 
 Access: RECORDS + ALL_DATA (forgotten samples for batch 0, retained ones
 for the rest).
@@ -64,6 +69,7 @@ class UnrollingSettings:
 
 PRESETS = {"paper": UnrollingSettings(), "cpu": UnrollingSettings(),
            "smoke": UnrollingSettings()}
+REFERENCE = UnrollingSettings(train_correction=False)
 
 
 @jax.jit
@@ -85,7 +91,7 @@ def _sample(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
 def unrolling(grant: Grant, cfg: Config, key: jax.Array,
               settings: UnrollingSettings | None = None) -> tuple[F.SplitModel, dict]:
   """Incremental training with the forgotten data first, then the unrolled correction."""
-  s = settings or common.by_preset(cfg, PRESETS)
+  s = settings or common.by_preset(cfg, PRESETS, REFERENCE)
   watch = common.Stopwatch()
   rng = common.host_rng(key)
   records = rec_lib.check_records(grant.records) if s.train_correction else None
