@@ -315,7 +315,8 @@ def test_unlearning_changes_params_but_not_batchnorm_stats(smoke_run):
   ca, cb = ckpt_lib.restore(a), ckpt_lib.restore(b)
   assert_trees_identical(cb.classifier.stats, ca.classifier.stats)
   assert_trees_identical(cb.generator.params, ca.generator.params)
-  assert np.array_equal(np.asarray(cb.prompts), np.asarray(ca.prompts))
+  labels = np.tile(np.arange(10), ca.prompts.shape[0] // 10)   # class 9's prompts dropped
+  assert np.array_equal(np.asarray(cb.prompts), np.asarray(ca.prompts)[labels != 9])
   pa, pb = pure_leaves(ca.classifier.params), pure_leaves(cb.classifier.params)
   assert pa.keys() == pb.keys()
   assert any(not np.array_equal(pa[k], pb[k]) for k in pa)
