@@ -50,6 +50,7 @@ from experiments.grid import runner
 from experiments.grid import tables
 from experiments.grid.spec import GridConfig, MethodSpec
 from geniu_jax import checkpoint as ckpt_lib
+from geniu_jax import metrics
 from geniu_jax.geniu.generator import make_proxies
 from geniu_jax.geniu.prompts import prompt_labels
 from geniu_jax.models import functional as F
@@ -92,16 +93,8 @@ def _penultimate(graphdef, params, stats, x: jax.Array) -> jax.Array:
   return F.classifier_features(graphdef, params, stats, x)[1][-1].mean(axis=(1, 2))
 
 
-def _features(model: F.SplitModel, x: np.ndarray, chunk: int = 1000) -> np.ndarray:
-  out = []
-  for start in range(0, len(x), chunk):
-    xb = x[start:start + chunk]
-    pad = chunk - len(xb)
-    if pad:
-      xb = np.concatenate([xb, np.zeros((pad, *xb.shape[1:]), xb.dtype)])
-    out.append(np.asarray(_penultimate(model.graphdef, model.params, model.stats, xb))
-               [:chunk - pad])
-  return np.concatenate(out)
+def _features(model: F.SplitModel, x: np.ndarray) -> np.ndarray:
+  return metrics.map_chunks(_penultimate, model, x)
 
 
 def nearest(queries: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

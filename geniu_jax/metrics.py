@@ -26,6 +26,22 @@ def _per_class_sums(graphdef, params, stats, x, y, num_classes: int):
 _per_class_sums_jit = jax.jit(_per_class_sums, static_argnums=(0, 5))
 
 
+def map_chunks(fn, model: F.SplitModel, x: np.ndarray, chunk: int = 1000) -> np.ndarray:
+  """`fn(graphdef, params, stats, x_chunk)` over x in fixed-size chunks, concatenated.
+
+  The last chunk is zero-padded to `chunk` rows and the padding cut off, so a
+  jitted `fn` compiles once for every dataset size (an empty x included).
+  """
+  out = []
+  for start in range(0, max(len(x), 1), chunk):
+    xb = x[start:start + chunk]
+    pad = chunk - len(xb)
+    if pad:
+      xb = np.concatenate([xb, np.zeros((pad, *xb.shape[1:]), xb.dtype)])
+    out.append(np.asarray(fn(model.graphdef, model.params, model.stats, xb))[:chunk - pad])
+  return np.concatenate(out)
+
+
 def per_class_counts(classifier: F.SplitModel, x: np.ndarray, y: np.ndarray,
                      num_classes: int, chunk: int = 1000) -> tuple[np.ndarray, np.ndarray]:
   """(correct[K], count[K]) of the classifier (eval mode) on (x, y)."""

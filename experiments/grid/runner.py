@@ -73,14 +73,7 @@ _predict = jax.jit(lambda g, p, s, x: jnp.argmax(F.classifier_logits(g, p, s, x)
 
 def predictions(model: F.SplitModel, x: np.ndarray, chunk: int = 1000) -> np.ndarray:
   """Argmax predictions in fixed-size chunks (one compile for every size)."""
-  out = []
-  for start in range(0, len(x), chunk):
-    xb = x[start:start + chunk]
-    pad = chunk - len(xb)
-    if pad:
-      xb = np.concatenate([xb, np.zeros((pad, *xb.shape[1:]), xb.dtype)])
-    out.append(np.asarray(_predict(model.graphdef, model.params, model.stats, xb))[:chunk - pad])
-  return np.concatenate(out)
+  return metrics.map_chunks(_predict, model, x, chunk)
 
 
 def score(model: F.SplitModel, data: CellData, forget, *, evaluation: dict | None = None

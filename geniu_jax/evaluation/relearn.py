@@ -72,14 +72,36 @@ def _adam(lr: float) -> optax.GradientTransformation:
   return optax.adam(lr)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "optimizer", "batch_size"))
 def _step_then_score(params, opt_state, graphdef, stats, x_train, y_train, x_eval, y_eval,
-                     batch_key, *, optimizer, batch_size: int):
+                     batch_key, optimizer, batch_size: int):
   """A step on a random batch of the training samples, then the accuracy on the eval set."""
   batch = jax.random.choice(batch_key, x_train.shape[0], (batch_size,), replace=False)
   params, opt_state, _ = relearn_step(params, opt_state, graphdef, stats, x_train[batch],
                                       y_train[batch], optimizer)
   return params, opt_state, _accuracy(graphdef, params, stats, x_eval, y_eval)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "optimizer", "batch_size"))
+def _relearn_loop(params, graphdef, stats, x_train, y_train, x_eval, y_eval, batch_key,
+                  target_acc, max_steps, *, optimizer, batch_size: int):
+  """Steps 1, 2, ... until the accuracy reaches `target_acc` or `max_steps` ran, as one
+  `lax.while_loop` (no host round trip per step). Returns (steps run, last accuracy)."""
+
+  def cond(carry):
+    step, _, _, accuracy = carry
+    return (step < max_steps) & (accuracy < target_acc)
+
+  def body(carry):
+    step, params, opt_state, _ = carry
+    step = step + 1
+    params, opt_state, accuracy = _step_then_score(
+        params, opt_state, graphdef, stats, x_train, y_train, x_eval, y_eval,
+        jax.random.fold_in(batch_key, step), optimizer, batch_size)
+    return step, params, opt_state, accuracy
+
+  init = (jnp.int32(0), params, optimizer.init(params), jnp.float32(-1.0))
+  step, _, _, accuracy = jax.lax.while_loop(cond, body, init)
+  return step, accuracy
 
 
 def relearn_steps(classifier: F.SplitModel, x_forget: np.ndarray, y_forget: np.ndarray, *,
@@ -131,16 +153,12 @@ def relearn_steps(classifier: F.SplitModel, x_forget: np.ndarray, y_forget: np.n
   graphdef, params, stats = classifier
   if float(_accuracy_jit(graphdef, params, stats, x_eval, y_eval)) >= target_acc:
     return 0
-  optimizer = _adam(float(lr))
-  opt_state = optimizer.init(params)
-  for step in range(1, max_steps + 1):
-    params, opt_state, accuracy = _step_then_score(
-        params, opt_state, graphdef, stats, x_train, y_train, x_eval, y_eval,
-        jax.random.fold_in(batch_key, step), optimizer=optimizer,
-        batch_size=min(batch_size, num_samples))
-    if float(accuracy) >= target_acc:
-      return step
-  return None
+  step, accuracy = _relearn_loop(params, graphdef, stats, x_train, y_train, x_eval, y_eval,
+                                 batch_key, jnp.float32(target_acc), jnp.int32(max_steps),
+                                 optimizer=_adam(float(lr)),
+                                 batch_size=min(batch_size, num_samples))
+  # The loop compared in float32; so does the answer.
+  return int(step) if float(accuracy) >= float(jnp.float32(target_acc)) else None
 
 
 def anamnesis_index(steps_unlearned: int | None, steps_retrained: int | None) -> float | None:

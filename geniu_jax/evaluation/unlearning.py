@@ -53,15 +53,7 @@ _probs_jit = jax.jit(lambda g, p, s, x: jax.nn.softmax(F.classifier_logits(g, p,
 
 def probabilities(model: F.SplitModel, x: np.ndarray, chunk: int = 1000) -> np.ndarray:
   """[N, K] softmax outputs in eval mode, in fixed-size chunks (one compile)."""
-  out = []
-  for start in range(0, len(x), chunk):
-    xb = x[start:start + chunk]
-    pad = chunk - len(xb)
-    if pad:
-      xb = np.concatenate([xb, np.zeros((pad, *xb.shape[1:]), xb.dtype)])
-    out.append(np.asarray(_probs_jit(model.graphdef, model.params, model.stats, xb))[
-        :chunk - pad])
-  return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+  return metrics.map_chunks(_probs_jit, model, x, chunk)
 
 
 def _subsample(rng: np.random.Generator, n: int, cap: int) -> np.ndarray:
