@@ -15,7 +15,8 @@ The criterion, fixed before any candidate was run:
      (fewer rounds);
   3. if none passes, the lowest worst-case Acc_f wins, and the report says
      the goal was missed.
-Only cells where every candidate has a record are compared.
+The candidates are compared on the cells every candidate has; a setting that
+failed (`FAILED`) is reported on the cells it ran on and runs on no new cell.
 
 Candidates: the teacher-kept retained term and the margin forget loss
 (`geniu.unlearn.Objective`), B = 5, varying the margin, the number of rounds,
@@ -67,22 +68,19 @@ def candidate(margin: float, rounds: int, lr: float, sharpen: float | None = Non
 # (`geniu.sharpen`, mode `all`), at the margin, Adam rate and sharpening
 # target of the `forgotten`-mode setting it extends; 60 steps, because a
 # proxy of another class has further to go than one of the class itself.
-# Varied: the number of rounds and the target.
+# Varied: the target.
 CANDIDATES = (candidate(2.0, 150, 1e-3, 0.9, "all", 60),
-              candidate(2.0, 60, 1e-3, 0.9, "all", 60),
               candidate(2.0, 150, 1e-3, 0.99, "all", 60))
-# Settings that already fail the criterion (worst validation Acc_f > 0.01 on
-# some cell; more cells cannot lower a maximum), run on Fashion-MNIST classes
-# 0-9 and MNIST classes 0-2, seed 0, and kept in the store: margin 4 with
-# 300 rounds at 1e-3 (worst 0.338), and `forgotten`-mode sharpening to 0.99,
-# 0.999 or 0.9999 with 60 rounds at 4e-4, or to 0.9 or 0.99 with 150 rounds at
-# 1e-3 (worst 0.340-0.516, all on MNIST class 2). The last but one is the
-# `cpu` preset's setting before mode `all` passed; it runs on every cell beside
-# the candidates, so the comparison covers the same cells.
+# Settings that failed the criterion (worst validation Acc_f > 0.01 on some
+# cell; more cells cannot lower a maximum). Their records stay in the store
+# and in the report, on the cells they ran on; new cells run only the
+# candidates. `geniu_margin2` is the setting the others are meant to improve
+# on, and SHARPEN_FORGOTTEN_ONLY the `cpu` preset's before mode `all` passed;
+# Table 1 runs both on the test split of every cell.
 SHARPEN_FORGOTTEN_ONLY = candidate(2.0, 150, 1e-3, 0.9)
-FAILED = (candidate(4.0, 300, 1e-3),
-          candidate(2.0, 60, 4e-4, 0.99), candidate(2.0, 60, 4e-4, 0.999),
-          candidate(2.0, 60, 4e-4, 0.9999), SHARPEN_FORGOTTEN_ONLY,
+FAILED = (table1.GENIU_MARGIN2, SHARPEN_FORGOTTEN_ONLY, candidate(2.0, 60, 1e-3, 0.9, "all", 60),
+          candidate(4.0, 300, 1e-3), candidate(2.0, 60, 4e-4, 0.99),
+          candidate(2.0, 60, 4e-4, 0.999), candidate(2.0, 60, 4e-4, 0.9999),
           candidate(2.0, 150, 1e-3, 0.99))
 
 
@@ -92,8 +90,7 @@ DIAGNOSTICS = MethodSpec("proxy_diagnostics", "proxy_diagnostics")
 def get_config(variant: str = "cpu") -> GridConfig:
   base = table1.get_config(variant)
   return base.replace(name="geniu_setting", methods=(
-      table1.ORIGINAL, DIAGNOSTICS, BATCH_DIAGNOSTICS, table1.GENIU_MARGIN2, SHARPEN_FORGOTTEN_ONLY)
-      + CANDIDATES)
+      table1.ORIGINAL, DIAGNOSTICS, BATCH_DIAGNOSTICS) + CANDIDATES, retired=FAILED)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -179,15 +176,17 @@ def _unit(v):
 
 
 def scores(records, cfg, split: str = "val_") -> list[dict]:
-  """Per setting, over the cells every setting has: worst Acc_f, Acc_r ratios."""
+  """Per setting: worst Acc_f and Acc_r ratios. The candidates are compared on
+  the cells every candidate has; a failed setting on the cells it ran on."""
   originals = {r["original"]: r for r in records if r["method"] == "original"}
-  settings = [m.label for m in cfg.methods if m.method == "geniu"]
-  by_cell = R.group([r for r in records if r["method"] in settings], "original")
-  complete = {k[0]: {r["method"]: r for r in rs} for k, rs in by_cell.items()
-              if {r["method"] for r in rs} >= set(settings) and k[0] in originals}
+  candidates = [m.label for m in cfg.methods if m.method == "geniu"]
+  by_cell = {k[0]: {r["method"]: r for r in rs}
+             for k, rs in R.group([r for r in records if r["original"] in originals],
+                                  "original").items()}
   out = []
-  for label in settings:
-    rs = [cell[label] for cell in complete.values()]
+  for label in candidates + [m.label for m in cfg.retired]:
+    needed = set(candidates) if label in candidates else {label}
+    rs = [cell[label] for cell in by_cell.values() if set(cell) >= needed]
     if not rs:
       continue
     acc_f = [r[split + "acc_f"] for r in rs]

@@ -281,3 +281,29 @@ def test_precision_smoke(tiny10, originals, tmp_path):
       by_label["geniu_bf16"]["forget_predicted"] != by_label["geniu"]["forget_predicted"])
   rows = read_csv(tmp_path / "precision.csv")
   assert {row["method"] for row in rows} == {"original", "geniu", "geniu_bf16"}
+
+
+def test_geniu_setting_chooses_by_the_fixed_criterion():
+  """Hand-made validation records: the candidate that passes with the best
+  worst-case Acc_r ratio wins; a failed (retired) setting is scored on its own cells."""
+  from experiments import geniu_setting as gs
+  cfg = gs.get_config("cpu")
+  a, b = (m.label for m in gs.CANDIDATES)
+  old = cfg.retired[0].label
+  rows = {  # original -> {label: (val Acc_r, val Acc_f)}
+      "o1": {"original": (0.90, 0.9), a: (0.88, 0.000), b: (0.89, 0.000), old: (0.90, 0.5)},
+      "o2": {"original": (0.80, 0.9), a: (0.78, 0.005), b: (0.70, 0.000)},
+      "o3": {"original": (0.80, 0.9), a: (0.10, 0.000)},  # b missing: not compared
+  }
+  records = [{"original": o, "method": label, "dataset": "d", "forget": [0], "seed": 0,
+              "val_acc_r": r, "val_acc_f": f, "unlearn_ms": 1.0,
+              "info": {"config": {"unlearn_rounds": 150}}}
+             for o, by in rows.items() for label, (r, f) in by.items()]
+  scores = {s["setting"]: s for s in gs.scores(records, cfg)}
+  assert scores[a]["cells"] == scores[b]["cells"] == 2 and scores[old]["cells"] == 1
+  assert scores[a]["worst_acc_f"] == 0.005
+  assert scores[b]["ratio_worst"] == pytest.approx(0.70 / 0.80)
+  assert scores[old]["worst_acc_f"] == 0.5
+  assert gs.choose(list(scores.values()))["setting"] == a  # worst ratio 0.975 vs 0.875
+  # No setting passes: the lowest worst Acc_f.
+  assert gs.choose([dict(scores[old]), dict(scores[a], worst_acc_f=0.2)])["setting"] == a

@@ -234,6 +234,23 @@ def test_report_means_and_std_of_a_hand_made_store(tmp_path, tiny_source):
   assert "| geniu |" in (tmp_path / "report.md").read_text()
 
 
+def test_retired_methods_are_reported_and_never_run(tmp_path, tiny_source):
+  cfg = tiny_config(tiny_source)
+  retired = spec.MethodSpec("geniu_old", "geniu", spec.overrides(unlearn_rounds=7))
+  cfg = cfg.replace(methods=cfg.methods[:1], retired=(retired,))
+  assert retired not in [m for _, m in spec.iter_work(cfg, spec.cells(cfg))]
+  store = store_lib.Store(tmp_path)
+  for cell in spec.cells(cfg):
+    for method in (cfg.methods[0], retired):
+      store.write(spec.record_key(cell, method), {
+          "dataset": "tiny", "method": method.label, "forget": list(cell.forget),
+          "seed": cell.seed, "original": cell.key, "acc_r": 0.5, "acc_f": 0.0})
+  seen = []
+  R.write(cfg, tmp_path, [R.View("T", lambda records, cfg: (
+      seen.extend(r["method"] for r in records), R.Section("", []))[1])])
+  assert seen.count("geniu_old") == seen.count("original") == 2
+
+
 def test_main_rejects_bad_arguments(capsys):
   def get_config(variant):
     return tiny_config("npz:/nonexistent.npz")

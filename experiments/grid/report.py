@@ -137,6 +137,7 @@ def write(cfg: spec_lib.GridConfig, workdir, views: Sequence[View]) -> epath.Pat
   # Only the records of this config's cells and settings: a store may also
   # hold records of settings a preset has since changed.
   expected = {spec_lib.record_key(c, m) for c, m in spec_lib.iter_work(cfg, spec_lib.cells(cfg))}
+  expected |= {spec_lib.record_key(c, m) for c in spec_lib.cells(cfg) for m in cfg.retired}
   records = [r for r in store.write_results() if r.get("key") in expected]
   md = [f"# {cfg.name}: report", "",
         f"{len(records)} records in `{root / store_lib.RESULTS}`; config `{cfg.preset}`; "

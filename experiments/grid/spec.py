@@ -90,6 +90,9 @@ class GridConfig:
       retrained model (kept as `originals/<cell key>.retrain`), JS
       divergence, activation distance, relearn steps and AIN
       (`runner.Evaluation`); the retrain method must run first to have one.
+    retired: methods whose records the report still reads, on the cells they
+      ran on, but that run on no new cell (e.g. settings that already failed a
+      selection criterion no further cell can make them pass).
   """
   name: str
   preset: str
@@ -102,6 +105,7 @@ class GridConfig:
   validation_per_class: int = 0
   curve_every: int = 0
   evaluate: bool = False
+  retired: tuple[MethodSpec, ...] = ()
 
   def replace(self, **fields) -> "GridConfig":
     return dataclasses.replace(self, **fields)
