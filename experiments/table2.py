@@ -100,7 +100,7 @@ _reconstruct = jax.jit(lambda generator, z: make_proxies(generator.graphdef, gen
 
 def save_arrays(workdir, name: str, arrays: dict[str, np.ndarray]) -> str:
   """Writes WORKDIR/arrays/<name>.npz whole (temporary name, then rename);
-  returns its path relative to WORKDIR, for the record."""
+  returns its path relative to WORKDIR, as the record stores it."""
   folder = epath.Path(workdir) / ARRAYS
   folder.mkdir(parents=True, exist_ok=True)
   buf = io.BytesIO()

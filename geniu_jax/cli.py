@@ -26,9 +26,8 @@ from geniu_jax import data as data_lib
 from geniu_jax import forget_requests as requests_lib
 from geniu_jax import jsonutil
 from geniu_jax import validate
-from geniu_jax.config import (BASELINE_SETTINGS, FORGET_LOSSES, PRECISIONS, PRESETS, RETAIN_TARGETS,
-                              SHARPEN_MODES, Config,
-                              get_config)
+from geniu_jax.config import (BASELINE_SETTINGS, FORGET_LOSSES, LR_SCHEDULES, PRECISIONS,
+                              PRESETS, RETAIN_TARGETS, SHARPEN_MODES, Config, get_config)
 from geniu_jax.models.conv import LOWERINGS
 
 EXIT_USAGE = 2
@@ -84,6 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--resume", action="store_true",
                  help="continue an interrupted run (same arguments) from the state it kept "
                       "in OUT.train-state after its last finished epoch")
+  p.add_argument("--lr-schedule", choices=LR_SCHEDULES, dest="lr_schedule",
+                 help="classifier schedule: one_cycle (default) or plateau, the baselines' "
+                      "(halve the rate after 3 epochs without a better validation loss; "
+                      "needs --validation-per-class)")
+  p.add_argument("--grad-clip-value", type=float, dest="grad_clip_value", metavar="V",
+                 help="clip every classifier gradient entry to [-V, V] (the baselines' 0.1)")
+  p.add_argument("--validation-per-class", type=int, default=0, dest="validation_per_class",
+                 metavar="N", help="hold N images of every class out of the training split "
+                 "as a validation split (the plateau rule's; the accuracies printed are then "
+                 "on it, not on the test split)")
   _add_train_flags(p)
 
   p = sub.add_parser("unlearn", help="unlearning phase (Alg. 2), writes a checkpoint")
@@ -150,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _config_from(args, image_shape=None) -> Config:
   overrides = {k: getattr(args, k, None) for k in
                ("width", "epochs", "seed", "proxies_per_class", "lowering", "precision",
-                "noise_start_acc")}
+                "noise_start_acc", "lr_schedule", "grad_clip_value")}
   if getattr(args, "imbalance", None) is not None:
     overrides["imbalance"] = args.imbalance
   return get_config(args.preset, image_shape, **overrides)
@@ -160,7 +169,8 @@ def _config_from(args, image_shape=None) -> Config:
 # their ranges, so the Python API and the command line agree.
 _TRAIN_FIELDS = (("width", "width"), ("epochs", "epochs"), ("seed", "seed"),
                  ("proxies_per_class", "proxies_per_class"),
-                 ("noise_start_acc", "noise_start_acc"))
+                 ("noise_start_acc", "noise_start_acc"),
+                 ("grad_clip_value", "grad_clip_value"))
 _UNLEARN_FIELDS = (("rounds", "unlearn_rounds"), ("lr", "unlearn_lr"),
                    ("proxies_per_class", "proxies_per_class"),
                    ("stop_forget_prob", "stop_forget_prob"),
@@ -182,6 +192,12 @@ def _check_flags(args, fields) -> None:
 
 def cmd_train(args) -> int:
   from geniu_jax import runs
+  if args.validation_per_class < 0:
+    raise UsageError(f"argument --validation-per-class: must be >= 0, got "
+                     f"{args.validation_per_class}")
+  if args.lr_schedule == "plateau" and not args.validation_per_class:
+    raise UsageError("argument --lr-schedule plateau: the rule steps on a validation loss; "
+                     "give --validation-per-class N (held out of the training split)")
   _check_flags(args, _TRAIN_FIELDS)
   if args.imbalance is not None:
     # Every rate now; how many there must be is known once the data gives K.
@@ -199,7 +215,8 @@ def cmd_train(args) -> int:
   cfg = _config_from(args, ds.image_shape)
   rate = data_lib.parse_imbalance(cfg.imbalance, ds.num_classes)
   cfg = cfg.replace(imbalance=rate)
-  data = runs.prepare_data(ds, args.majority, rate, cfg.seed, log=_log)
+  data = runs.prepare_data(ds, args.majority, rate, cfg.seed,
+                           validation_per_class=args.validation_per_class, log=_log)
   recorder = None
   if args.record_baselines:
     from geniu_jax.methods import records

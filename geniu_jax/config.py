@@ -27,6 +27,9 @@ SELECTION_SOURCES = ("pass", "epoch")
 # Compute dtype of the classifier (models.allcnn); parameters, optimizer state
 # and BatchNorm statistics stay float32 either way.
 PRECISIONS = ("float32", "bfloat16")
+# The classifier's learning-rate schedule (geniu.optimizer): ours, or the
+# baselines' training code's.
+LR_SCHEDULES = ("one_cycle", "plateau")
 # The baselines' settings (geniu_jax.methods): ours, or the published code's.
 BASELINE_SETTINGS = ("recommended", "reference")
 
@@ -44,7 +47,7 @@ _NON_NEGATIVE = ("weight_decay", "kl_weight", "forget_margin")
 _CHOICES = {"selection": SELECTION_RULES, "selection_source": SELECTION_SOURCES,
             "sharpen_mode": SHARPEN_MODES, "retain_target": RETAIN_TARGETS,
             "forget_loss": FORGET_LOSSES, "precision": PRECISIONS,
-            "baseline_setting": BASELINE_SETTINGS}
+            "baseline_setting": BASELINE_SETTINGS, "lr_schedule": LR_SCHEDULES}
 
 
 def _is_int(v) -> bool:
@@ -82,8 +85,14 @@ class Config:
       in training and in unlearning.
     epochs: classifier epochs (Epoch_f of Alg. 1).
     batch_size: classifier batch size.
-    lr: classifier peak learning rate (Adam with a one-cycle schedule; `geniu.train`).
-    weight_decay: classifier L2 weight decay.
+    lr: classifier learning rate: the peak of `one_cycle`, the start of `plateau`.
+    weight_decay: classifier L2 weight decay (coupled, as torch's Adam).
+    lr_schedule: `one_cycle` (ours) or `plateau` (the baselines' training
+      code: constant rate halved after 3 epochs without a better validation
+      loss; `geniu.optimizer`). `plateau` needs a validation split held out
+      of the training data.
+    grad_clip_value: None, or clip every gradient entry to [-v, v] before the
+      weight decay is added (the baselines' `clip_grad_value_(0.1)`).
     prompt_lr: Adam learning rate of the noise prompts (Eq. 8).
     prompt_steps: prompt steps per epoch (Epoch_z).
     generator_lr: Adam learning rate of the VAE.
@@ -137,6 +146,8 @@ class Config:
   batch_size: int = 256
   lr: float = 0.01
   weight_decay: float = 1e-4
+  lr_schedule: str = "one_cycle"
+  grad_clip_value: float | None = None
   prompt_lr: float = 0.02
   prompt_steps: int = 100
   generator_lr: float = 0.005
@@ -203,6 +214,9 @@ class Config:
     p = self.stop_forget_prob
     if p is not None and not _finite_in(p, 0.0, 1.0, lo_open=False):
       fail("stop_forget_prob", "a probability in [0, 1] (or None to run every round)")
+    v = self.grad_clip_value
+    if v is not None and not _finite_in(v, 0.0, math.inf, lo_open=True):
+      fail("grad_clip_value", "a finite number > 0 (or None for no clipping)")
     if not (_is_int(self.seed) and 0 <= self.seed <= MAX_SEED):
       fail("seed", "an integer in [0, 2**63 - 1]")
 

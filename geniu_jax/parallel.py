@@ -12,12 +12,12 @@ one-device run; results agree up to the order of float32 sums.
 Usage, one host::
 
     from geniu_jax import parallel
-    result = parallel.train(cfg, x, y, num_classes)          # all local devices
+    from geniu_jax.geniu import train as train_lib
+    result = train_lib.train(cfg, x, y, num_classes, mesh=parallel.make_mesh())
 
-or, around any code that builds a train step::
-
-    with parallel.data_parallel(parallel.make_mesh()):
-        result = train_lib.train(cfg, *parallel.replicate((x, y)), num_classes)
+The mesh is built by the caller (e.g. in `main`) and passed down: a train
+step built with it shards its batch over it; one built without it is the
+one-device step. This module knows nothing of the code that uses it.
 
 Several hosts: call `jax.distributed.initialize()` first in every process; the
 mesh then spans `jax.devices()` (all hosts). Every process must pass the same
@@ -31,19 +31,13 @@ to get four CPU devices.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Sequence
 
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 BATCH_AXIS = "data"
-
-# The mesh a train step built inside `data_parallel(...)` shards its batch over.
-_ACTIVE_MESH: contextvars.ContextVar[Mesh | None] = contextvars.ContextVar(
-    "geniu_jax_data_parallel_mesh", default=None)
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None, axis: str = BATCH_AXIS) -> Mesh:
@@ -66,82 +60,27 @@ def batch_sharded(mesh: Mesh, axis: str = BATCH_AXIS) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(axis))
 
 
-def replicate(tree: Any, mesh: Mesh | None = None) -> Any:
-  """Puts every leaf of `tree` on every device of `mesh` (default: the active one)."""
-  mesh = mesh or active_mesh()
-  if mesh is None:
-    raise ValueError("replicate needs a mesh (or an active data_parallel context)")
+def replicate(tree: Any, mesh: Mesh) -> Any:
+  """Puts every leaf of `tree` on every device of `mesh`."""
   return jax.device_put(tree, replicated(mesh))
 
 
-def active_mesh() -> Mesh | None:
-  """The mesh of the innermost `data_parallel` context, or None."""
-  return _ACTIVE_MESH.get()
+def shard_batch(x: jax.Array, mesh: Mesh | None) -> jax.Array:
+  """Inside a jitted step: constrain a batch to be split over `mesh`.
 
-
-@contextlib.contextmanager
-def data_parallel(mesh: Mesh) -> Iterator[Mesh]:
-  """Train steps traced inside this context shard their batch over `mesh`.
-
-  The context also makes `mesh` JAX's current mesh (`jax.set_mesh`), so every
-  array created inside it (parameters, optimizer state, prompts) starts out
-  replicated on the mesh. Without that, the first call of each jitted step
-  would see single-device inputs and return mesh-replicated outputs, and the
-  second call would compile the whole step again for the new input shardings.
+  A no-op without a mesh, so the one-device step compiles exactly as before.
   """
-  if BATCH_AXIS not in mesh.axis_names:
-    raise ValueError(f"mesh axes {mesh.axis_names} have no {BATCH_AXIS!r} axis")
-  token = _ACTIVE_MESH.set(mesh)
-  try:
-    with jax.set_mesh(mesh):
-      yield mesh
-  finally:
-    _ACTIVE_MESH.reset(token)
-
-
-def shard_batch(x: jax.Array) -> jax.Array:
-  """Inside a jitted step: constrain a batch to be split over the active mesh.
-
-  A no-op without an active `data_parallel` context, so the one-device path
-  compiles exactly as before.
-  """
-  mesh = active_mesh()
   if mesh is None:
     return x
   return jax.lax.with_sharding_constraint(x, batch_sharded(mesh))
 
 
 def check_batch_size(batch_size: int, mesh: Mesh) -> None:
-  """The batch must split evenly, else XLA would pad and one device would idle."""
+  """The mesh needs a `data` axis and the batch must split evenly over it
+  (else XLA would pad and one device would idle)."""
+  if BATCH_AXIS not in mesh.axis_names:
+    raise ValueError(f"mesh axes {mesh.axis_names} have no {BATCH_AXIS!r} axis")
   n = mesh.shape[BATCH_AXIS]
   if batch_size % n:
     raise ValueError(f"batch size {batch_size} is not divisible by the {n} devices of "
                      f"the mesh axis {BATCH_AXIS!r}")
-
-
-def train(cfg, x_train, y_train, num_classes: int, *, mesh: Mesh | None = None,
-          geniu: bool = True, recorder=None,
-          log: Callable[[str], None] | None = print):
-  """Alg. 1 (`geniu_jax.geniu.train.train`) with each batch split over `mesh`.
-
-  Args:
-    cfg: run configuration; `cfg.batch_size` must divide by the device count.
-    x_train, y_train: the training split (host arrays), replicated on every device.
-    num_classes: K.
-    mesh: a mesh with a `data` axis; default `make_mesh()` (every device).
-    geniu, recorder, log: as `geniu_jax.geniu.train.train`.
-
-  Returns:
-    The `TrainResult` of `geniu_jax.geniu.train.train` (arrays replicated).
-  """
-  from geniu_jax.geniu import train as train_lib  # train imports this module
-
-  mesh = mesh or make_mesh()
-  check_batch_size(min(cfg.batch_size, len(y_train)), mesh)
-  # Replicated once here: the step gathers each batch from these on-device
-  # copies, so no training data crosses the host boundary after this line.
-  x_all = replicate(np.asarray(x_train, np.float32), mesh)
-  y_all = replicate(np.asarray(y_train, np.int32), mesh)
-  with data_parallel(mesh):
-    return train_lib.train(cfg, x_all, y_all, num_classes, geniu=geniu,
-                           recorder=recorder, log=log)

@@ -23,7 +23,16 @@ from geniu_jax.models import functional as F
 
 
 class TrainingData(NamedTuple):
-  """An imbalanced training split and the untouched test split."""
+  """An imbalanced training split and an evaluation split.
+
+  Attributes:
+    x_train, y_train: the imbalanced training split.
+    x_test, y_test: the test split, or with `held_out` a balanced validation
+      split held out of the training data (`prepare_data`).
+    num_classes, source, majority, counts: the dataset's K, its source string,
+      the majority classes and the training split's class counts.
+    held_out: whether x_test/y_test are that validation split.
+  """
   x_train: np.ndarray
   y_train: np.ndarray
   x_test: np.ndarray
@@ -32,6 +41,7 @@ class TrainingData(NamedTuple):
   source: str
   majority: tuple[int, ...]
   counts: np.ndarray
+  held_out: bool = False
 
 
 def check_classes(classes: Sequence[int], num_classes: int, what: str) -> tuple[int, ...]:
@@ -81,15 +91,22 @@ def prepare_data(source: str | data_lib.Dataset, majority: Sequence[int],
   counts = data_lib.class_counts(y, ds.num_classes)
   if log:
     log(f"{ds.name}: {len(y)} training images, " + data_lib.format_counts(counts))
-  return TrainingData(x, y, x_eval, y_eval, ds.num_classes, ds.name, majority, counts)
+  return TrainingData(x, y, x_eval, y_eval, ds.num_classes, ds.name, majority, counts,
+                      held_out=bool(validation_per_class))
 
 
 def train_geniu(cfg: Config, data: TrainingData, *, geniu: bool = True, recorder=None,
                 log: Callable[[str], None] | None = print, state_dir=None,
                 resume: bool = False) -> train_lib.TrainResult:
+  """`train.train` on `data`; the plateau rule steps on its held-out split."""
+  if cfg.lr_schedule == "plateau" and not data.held_out:
+    raise ValueError("lr_schedule 'plateau' steps on the loss of a validation split held out "
+                     "of the training data, never the test split: prepare the data with "
+                     "validation_per_class > 0 (geniu train --validation-per-class N)")
   return train_lib.train(cfg, data.x_train, data.y_train, data.num_classes,
                          geniu=geniu, recorder=recorder, log=log, state_dir=state_dir,
-                         resume=resume)
+                         resume=resume, validation=(data.x_test, data.y_test)
+                         if data.held_out else None)
 
 
 def save_run(out: str, cfg: Config, data: TrainingData, result: train_lib.TrainResult,

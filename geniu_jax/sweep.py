@@ -229,6 +229,9 @@ def train_many(cfg: Config, x_train, y_train, num_classes: int, seeds: Sequence[
   Returns:
     One `TrainResult` per seed, in the order of `seeds` (no baseline records).
   """
+  if cfg.lr_schedule != "one_cycle":
+    raise ValueError(f"train_many runs the one_cycle schedule only (lr_schedule "
+                     f"{cfg.lr_schedule!r}: train each seed with geniu.train.train)")
   x_train, y_train = np.asarray(x_train, np.float32), np.asarray(y_train, np.int32)
   per_seed = x_train.ndim == 5
   if max_parallel is None:

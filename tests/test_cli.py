@@ -66,6 +66,19 @@ def test_train_bad_source(capsys, tmp_path, data, contains):
   assert_usage_error(rc, err, out, contains=contains)
 
 
+@pytest.mark.parametrize("flags,contains", [
+    (["--lr-schedule", "plateau"], "--validation-per-class"),
+    (["--lr-schedule", "plateau", "--validation-per-class", "-3"], "must be >= 0"),
+    (["--grad-clip-value", "0"], "grad_clip_value"),
+], ids=["plateau-without-validation", "negative-validation", "zero-clip"])
+def test_train_bad_schedule_flags(capsys, tmp_path, flags, contains):
+  # Refused before the (nonexistent) data is read.
+  out = tmp_path / "out"
+  rc, _, err = run_cli(capsys, "train", "--data", "npz:/nonexistent/file.npz", "--majority",
+                       "9", "--preset", "smoke", "--out", out, *flags)
+  assert_usage_error(rc, err, out, contains=contains)
+
+
 @pytest.mark.parametrize("majority,contains", [
     (["10"], "outside [0, 10)"),
     (["-1"], "outside [0, 10)"),

@@ -44,7 +44,7 @@ SCRIPT = textwrap.dedent("""
     def run(mesh):
       params, stats = jax.tree.map(jnp.copy, (cls.params, cls.stats))  # steps donate
       state = train_lib.ClassifierState(params, stats, opt.init(params))
-      step = train_lib.make_train_step(cls.graphdef, opt, None, None)
+      step = train_lib.make_train_step(cls.graphdef, opt, None, None, mesh=mesh)
       losses = []
       for i in range(3):
         idx = jnp.asarray(rng_idx[i], jnp.int32)
@@ -56,7 +56,7 @@ SCRIPT = textwrap.dedent("""
     rng_idx = [np.random.default_rng(i).permutation(64)[:32] for i in range(3)]
     s1, l1, hlo1 = run(None)
     mesh = parallel.make_mesh()
-    with parallel.data_parallel(mesh):
+    with jax.set_mesh(mesh):
       s4, l4, hlo4 = run(mesh)
     leaf = jax.tree.leaves(s4.params)[0]
     diffs = [float(jnp.max(jnp.abs(a - b))) for a, b in
@@ -64,7 +64,7 @@ SCRIPT = textwrap.dedent("""
 
     cfg = get_config("smoke", width=0.0625, lowering="native", epochs=1, batch_size=32)
     r1 = train_lib.train(cfg, np.asarray(x), np.asarray(y), 4, geniu=False, log=None)
-    r4 = parallel.train(cfg, np.asarray(x), np.asarray(y), 4, geniu=False, log=None)
+    r4 = train_lib.train(cfg, np.asarray(x), np.asarray(y), 4, geniu=False, log=None, mesh=mesh)
     print(json.dumps({
         "losses1": l1, "losses4": l4, "max_diff": max(diffs),
         "devices": len(leaf.sharding.device_set),
@@ -105,13 +105,11 @@ def test_parallel_train_matches_train(four_devices):
 
 def test_shard_batch_is_identity_without_mesh():
   x = jnp.arange(8.0)
-  assert parallel.active_mesh() is None
-  assert parallel.shard_batch(x) is x
+  assert parallel.shard_batch(x, None) is x
 
 
 def test_batch_must_divide_over_devices():
   mesh = parallel.make_mesh(jax.devices()[:1])
   parallel.check_batch_size(7, mesh)  # one device: anything goes
   with pytest.raises(ValueError, match="no 'data' axis"):
-    with parallel.data_parallel(jax.sharding.Mesh(jax.devices()[:1], ("model",))):
-      pass
+    parallel.check_batch_size(8, jax.sharding.Mesh(jax.devices()[:1], ("model",)))

@@ -66,6 +66,11 @@ class CellData:
     self.x_val = data.x_test if cell.validation_per_class else None
     self.y_val = data.y_test if cell.validation_per_class else None
 
+  @property
+  def validation(self) -> tuple[np.ndarray, np.ndarray] | None:
+    """The validation hold-out as (x, y), or None without one."""
+    return None if self.x_val is None else (self.x_val, self.y_val)
+
 
 _predict = jax.jit(lambda g, p, s, x: jnp.argmax(F.classifier_logits(g, p, s, x), -1),
                    static_argnums=0)
@@ -161,7 +166,8 @@ def obtain_original(cell: spec_lib.Cell, data: CellData, originals: epath.Path
   log(f"  training the original ({len(data.y_train)} images)")
   t0 = time.perf_counter()
   result = train_lib.train(data.cfg, data.x_train, data.y_train, data.num_classes,
-                           recorder=records.default_recorder(), log=None)
+                           recorder=records.default_recorder(), log=None,
+                           validation=data.validation)
   train_s = time.perf_counter() - t0
   training = runs.TrainingData(data.x_train, data.y_train, data.x_test, data.y_test,
                                data.num_classes, cell.source, cell.forget, data.counts)
@@ -228,7 +234,8 @@ def run_one(method: spec_lib.MethodSpec, cell: spec_lib.Cell, data: CellData,
     return model, dict(info, config=cfg.to_dict())
   available = registry.inputs_from(data.x_train, data.y_train, cell.forget,
                                    artifacts=(original.generator, original.prompts),
-                                   records=original.records)
+                                   records=original.records,
+                                   validation=data.validation)
   model, info = registry.run_method(
       method.method, cfg, key, classifier=original.classifier, forget=cell.forget,
       num_classes=data.num_classes, image_shape=data.image_shape, **available)

@@ -7,13 +7,9 @@ prompts are classified correctly, select the supervision samples (§4.4) and
 jitted program with a `lax.cond` for the gate, so an epoch costs one dispatch
 per classifier batch plus one for the auxiliaries.
 
-Classifier optimizer. The paper gives lr 0.01 and weight decay 1e-4 "following
-the baselines' setting". The baselines' training code (`fit_one_cycle` of
-the UNSIR and GKT repositories) is, despite its name, Adam at a constant
-0.01 with coupled L2 weight decay, ReduceLROnPlateau on the test loss and
-gradient-value clipping at 0.1. Ours is Adam with coupled L2 1e-4 and a
-one-cycle schedule peaking at 0.01: our choice, which needs no held-out
-loss to step a plateau rule (and never the test split's).
+Classifier optimizer: `geniu.optimizer` (our one-cycle schedule, or with
+`lr_schedule="plateau"` the baselines' plateau rule, stepped after every
+epoch on the loss of the `validation` split given to `train`).
 
 Noise start (Table 11, Appendix). With `cfg.noise_start_acc = t`, steps
 (2)-(4) start at the first epoch whose classifier training accuracy reaches t
@@ -41,8 +37,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from geniu_jax import parallel
 from geniu_jax.config import Config
 from geniu_jax.geniu import generator as gen_lib
+from geniu_jax.geniu import optimizer as opt_lib
 from geniu_jax.geniu import prompts as prompt_lib
 from geniu_jax.geniu import resume as resume_lib
 from geniu_jax.geniu import selection as sel_lib
@@ -59,9 +57,17 @@ class Recorder(Protocol):
 
 
 class ClassifierState(NamedTuple):
+  """The classifier's training state.
+
+  Attributes:
+    params, stats: the AllCNN's parameters and BatchNorm statistics.
+    opt_state: `geniu.optimizer.classifier_optimizer`'s state.
+    plateau: the plateau rule (`lr_schedule="plateau"`), else None.
+  """
   params: Any
   stats: Any
   opt_state: optax.OptState
+  plateau: opt_lib.Plateau | None = None
 
 
 class TrainResult(NamedTuple):
@@ -75,26 +81,26 @@ class TrainResult(NamedTuple):
   checks: dict | None = None
 
 
-def classifier_optimizer(cfg: Config, total_steps: int) -> optax.GradientTransformation:
-  schedule = optax.cosine_onecycle_schedule(max(total_steps, 1), cfg.lr)
-  return optax.chain(optax.add_decayed_weights(cfg.weight_decay),
-                     optax.scale_by_adam(), optax.scale_by_learning_rate(schedule))
+classifier_optimizer = opt_lib.classifier_optimizer
 
 
 def make_train_step(graphdef, optimizer, selection: str | None,
-                    recorder: Recorder | None, num_classes: int | None = None) -> Callable:
+                    recorder: Recorder | None, num_classes: int | None = None,
+                    mesh: jax.sharding.Mesh | None = None) -> Callable:
   """One classifier step; optionally merges the batch into the running top-B.
+
+  With a `mesh` (`geniu_jax.parallel`) the batch is split over its `data`
+  axis; XLA adds the all-reduce of the gradients.
 
   Returns (state, topb, records, loss, correct), plus the batch's [K] counts
   of argmax predictions per class when `num_classes` is given.
   """
-  from geniu_jax import parallel  # local: parallel.train imports this module
 
   def train_step(state: ClassifierState, topb, records, x_all, y_all, batch_idx):
-    # Under `parallel.data_parallel(mesh)` the batch is split over the devices
-    # (a no-op otherwise); constraining the indices makes the gather local.
-    batch_idx = parallel.shard_batch(batch_idx)
-    x, y = parallel.shard_batch(x_all[batch_idx]), parallel.shard_batch(y_all[batch_idx])
+    # Constraining the indices too makes the gather local to each device.
+    batch_idx = parallel.shard_batch(batch_idx, mesh)
+    x = parallel.shard_batch(x_all[batch_idx], mesh)
+    y = parallel.shard_batch(y_all[batch_idx], mesh)
 
     def loss_fn(params):
       logits, stats = F.classifier_apply(graphdef, params, state.stats, x, train=True)
@@ -111,7 +117,8 @@ def make_train_step(graphdef, optimizer, selection: str | None,
       records = recorder.update(records, state.params, grads, updates, y)
     pred = jnp.argmax(logits, -1)
     correct = jnp.sum(pred == y)
-    out = (ClassifierState(params, stats, opt_state), topb, records, loss, correct)
+    out = (state._replace(params=params, stats=stats, opt_state=opt_state), topb, records,
+           loss, correct)
     if num_classes is None:
       return out
     # Counted from the logits the step already has rather than by an extra
@@ -156,7 +163,9 @@ def make_aux_epoch(cfg: Config, cls_graphdef, gen_graphdef, num_classes: int,
 def train(cfg: Config, x_train: np.ndarray, y_train: np.ndarray, num_classes: int, *,
           geniu: bool = True, recorder: Recorder | None = None,
           log: Callable[[str], None] | None = print,
-          state_dir: str | None = None, resume: bool = False) -> TrainResult:
+          state_dir: str | None = None, resume: bool = False,
+          validation: tuple[np.ndarray, np.ndarray] | None = None,
+          mesh: jax.sharding.Mesh | None = None) -> TrainResult:
   """Runs Alg. 1 (or plain classifier training with `geniu=False`).
 
   Args:
@@ -171,20 +180,50 @@ def train(cfg: Config, x_train: np.ndarray, y_train: np.ndarray, num_classes: in
       None keeps none.
     resume: continue from the state in `state_dir` (it must exist and belong
       to the same config and data); the result equals an uninterrupted run's.
+    validation: (x [M, H, W, C], y [M]) held out of the training data; the
+      plateau rule of `cfg.lr_schedule="plateau"` steps on its loss (needed
+      then, unused otherwise).
+    mesh: None trains on one device. A mesh with a `data` axis
+      (`geniu_jax.parallel.make_mesh`) splits every batch over it, with the
+      training set and every state replicated: the same function as one
+      device, up to the order of float32 sums. Several hosts: call
+      `jax.distributed.initialize()` first and pass each process the same
+      arrays and config.
 
   Returns:
     A `TrainResult`; `generator` and `prompts` are None when `geniu=False`.
     With `geniu`, every history row has `noise_started` (False before the
     Table 11 threshold `cfg.noise_start_acc` was reached; `prompt_loss` and
     `generator_rec` are NaN then) and `prompts_correct` (the gate opened and
-    the generator trained this epoch).
+    the generator trained this epoch). With the plateau rule every row has
+    `val_loss` and the learning rate `lr` of that epoch.
   """
+  kwargs = dict(geniu=geniu, recorder=recorder, log=log, state_dir=state_dir, resume=resume,
+                validation=validation, mesh=mesh)
+  if mesh is None:
+    return _train(cfg, x_train, y_train, num_classes, **kwargs)
+  parallel.check_batch_size(min(cfg.batch_size, len(y_train)), mesh)
+  # Arrays created inside start out replicated on the mesh; otherwise each
+  # jitted step would compile twice (single-device, then mesh inputs).
+  with jax.set_mesh(mesh):
+    return _train(cfg, x_train, y_train, num_classes, **kwargs)
+
+
+def _train(cfg: Config, x_train: np.ndarray, y_train: np.ndarray, num_classes: int, *,
+           geniu: bool, recorder: Recorder | None, log: Callable[[str], None] | None,
+           state_dir: str | None, resume: bool,
+           validation: tuple[np.ndarray, np.ndarray] | None,
+           mesh: jax.sharding.Mesh | None) -> TrainResult:
   image_shape = tuple(x_train.shape[1:])
   n = x_train.shape[0]
   if n == 0 or len(y_train) != n:
     raise ValueError(f"training split: {n} images and {len(y_train)} labels; training needs "
                      "at least one image with one label each (a validation hold-out as large "
                      "as a class empties the split)")
+  plateau = cfg.lr_schedule == "plateau"
+  if plateau and (validation is None or len(validation[1]) == 0):
+    raise ValueError("lr_schedule 'plateau' steps on a validation loss: train needs a "
+                     "validation split held out of the training data")
   batch = min(cfg.batch_size, n)
   steps_per_epoch = n // batch
   keys = dict(zip(("classifier", "prompts", "generator", "shuffle", "vae_noise"),
@@ -194,14 +233,18 @@ def train(cfg: Config, x_train: np.ndarray, y_train: np.ndarray, num_classes: in
                                  keys["classifier"], cfg.precision)
   cls_opt = classifier_optimizer(cfg, cfg.epochs * steps_per_epoch)
   cstate = ClassifierState(classifier.params, classifier.stats,
-                           cls_opt.init(classifier.params))
+                           cls_opt.init(classifier.params),
+                           opt_lib.plateau_init() if plateau else None)
   selection = cfg.selection if geniu and cfg.selection_source == "epoch" else None
   train_step = make_train_step(classifier.graphdef, cls_opt, selection, recorder,
-                               num_classes)
+                               num_classes, mesh)
   records = recorder.init(classifier.params, num_classes) if recorder else None
 
-  x_all = jnp.asarray(x_train, jnp.float32)
-  y_all = jnp.asarray(y_train, jnp.int32)
+  x_all = np.asarray(x_train, np.float32)
+  y_all = np.asarray(y_train, np.int32)
+  # Copied to the device(s) once: each step gathers its batch from these.
+  x_all, y_all = ((jnp.asarray(x_all), jnp.asarray(y_all)) if mesh is None
+                  else parallel.replicate((x_all, y_all), mesh))
   generator = prompts = gen_state = aux_epoch = None
   if geniu:
     generator = F.make_generator(image_shape, cfg.latent_dim, cfg.lowering, keys["generator"])
@@ -242,6 +285,13 @@ def train(cfg: Config, x_train: np.ndarray, y_train: np.ndarray, num_classes: in
         last_counts = counts if last_counts is None else last_counts + counts
     row = {"epoch": epoch + 1, "loss": float(loss_sum) / steps_per_epoch,
            "train_acc": float(correct_sum) / (steps_per_epoch * batch)}
+    if plateau:
+      row["lr"] = float(cstate.opt_state.hyperparams["learning_rate"])
+      row["val_loss"] = opt_lib.validation_loss(
+          F.SplitModel(classifier.graphdef, cstate.params, cstate.stats), *validation)
+      rule, opt_state = opt_lib.plateau_step(cfg, cstate.plateau, cstate.opt_state,
+                                             row["val_loss"])
+      cstate = cstate._replace(opt_state=opt_state, plateau=rule)
     if geniu:
       started = started or row["train_acc"] >= cfg.noise_start_acc
       if started:

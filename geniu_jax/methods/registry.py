@@ -39,6 +39,7 @@ class AccessError(PermissionError):
 
 
 _FIELD_ACCESS = {"artifacts": Access.ARTIFACTS, "retained_data": Access.RETAINED_DATA,
+                 "retained_validation": Access.RETAINED_DATA,
                  "all_data": Access.ALL_DATA, "records": Access.RECORDS}
 
 
@@ -93,7 +94,9 @@ def run_method(name: str, cfg: Config, key, *, classifier: SplitModel,
   """Runs a registered method, handing it only what it declared.
 
   `available` may hold artifacts=(generator, prompts), retained_data=(x, y),
-  all_data=(x, y), records=...; anything undeclared is withheld.
+  retained_validation=(x, y) (the retained classes of a validation split held
+  out of the training data), all_data=(x, y), records=...; anything
+  undeclared is withheld.
   """
   if name not in METHODS:
     raise ValueError(f"unknown method {name!r}; registered: {sorted(METHODS)}")
@@ -108,11 +111,12 @@ def run_method(name: str, cfg: Config, key, *, classifier: SplitModel,
 
 
 def inputs_from(x_train=None, y_train=None, forget=(), *, artifacts=None,
-                records=None) -> dict[str, Any]:
+                records=None, validation=None) -> dict[str, Any]:
   """Everything a caller may offer `run_method`, from an (imbalanced) training split.
 
   `retained_data` holds only the samples of the classes not in `forget`;
-  `all_data` the whole split. Entries that are None are left out, so a method
+  `all_data` the whole split; `validation` (x, y), a split held out of the
+  training data, gives `retained_validation`. Entries that are None are left out, so a method
   that needs them gets an `AccessError` naming what is missing.
   """
   available: dict[str, Any] = {}
@@ -121,6 +125,10 @@ def inputs_from(x_train=None, y_train=None, forget=(), *, artifacts=None,
     keep = ~np.isin(y, np.asarray(tuple(forget), dtype=y.dtype))
     available["all_data"] = (x, y)
     available["retained_data"] = (x[keep], y[keep])
+  if validation is not None and len(validation[1]):
+    x, y = np.asarray(validation[0]), np.asarray(validation[1])
+    keep = ~np.isin(y, np.asarray(tuple(forget), dtype=y.dtype))
+    available["retained_validation"] = (x[keep], y[keep])
   if artifacts is not None and artifacts[0] is not None:  # (None, None): no GENIU phase
     available["artifacts"] = artifacts
   if records is not None:

@@ -2,7 +2,9 @@
 
 The retrained model is what exact unlearning would give: the classifier of
 the original run (same preset, same seed, same optimizer and schedule) trained
-only on the retained classes' samples of the same imbalanced split. Its head
+only on the retained classes' samples of the same imbalanced split (with the
+plateau schedule, stepped on the retained classes of the validation split
+the original's rule stepped on). Its head
 keeps all K outputs; the forgotten classes simply never appear as labels.
 Only the classifier is trained (`train(..., geniu=False)`): no prompts or
 generator, no records.
@@ -31,8 +33,9 @@ def retrain(grant: Grant, cfg: Config, key) -> tuple[F.SplitModel, dict]:
   del key  # the run is seeded by cfg.seed, like the original training
   t0 = time.perf_counter()
   x, y = grant.retained_data
+  validation = grant.retained_validation if cfg.lr_schedule == "plateau" else None
   result = train_lib.train(cfg, np.asarray(x), np.asarray(y), grant.num_classes,
-                           geniu=False, recorder=None, log=None)
+                           geniu=False, recorder=None, log=None, validation=validation)
   wall_ms = (time.perf_counter() - t0) * 1e3
   last = result.history[-1] if result.history else {}
   return result.classifier, {"unlearn_ms": wall_ms, "compile_ms": None,
