@@ -6,7 +6,7 @@ save. Three processes on the same checkpoint, each forgetting one class:
 
 * `cold`  -- an empty compilation cache: everything is compiled;
 * `first` -- the first request after `geniu train`: training ends by
-  compiling the unlearning program into the cache (`runs.warm_unlearning`,
+  compiling the unlearning program into the cache (`methods.geniu_unlearning.warm`,
   re-run here in its own process on a fresh cache, since training itself
   takes minutes), so the request loads it;
 * `warm`  -- the same cache once more (a later request).
@@ -38,12 +38,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 _WARM = """
 import sys
-from geniu_jax import checkpoint, compile_cache, runs
+from geniu_jax import checkpoint, compile_cache
 from geniu_jax.config import Config
+from geniu_jax.methods import geniu_unlearning
 compile_cache.configure(sys.argv[2])
 ck = checkpoint.restore(sys.argv[1])
-runs.warm_unlearning(ck.classifier, ck.generator, Config.from_dict(ck.metadata["config"]),
-                     ck.prompts)
+geniu_unlearning.warm(ck.classifier, ck.generator, Config.from_dict(ck.metadata["config"]),
+                      ck.prompts)
 """
 
 

@@ -26,16 +26,13 @@ from geniu_jax import data as data_lib
 from geniu_jax import forget_requests as requests_lib
 from geniu_jax import jsonutil
 from geniu_jax import validate
+from geniu_jax.validate import UsageError
 from geniu_jax.config import (BASELINE_SETTINGS, FORGET_LOSSES, LR_SCHEDULES, PRECISIONS,
                               PRESETS, RETAIN_TARGETS, SHARPEN_MODES, Config, get_config)
 from geniu_jax.models.conv import LOWERINGS
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130   # 128 + SIGINT, as shells report it
-
-
-class UsageError(Exception):
-  """Bad input from the command line; printed as one line, exit 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -225,13 +222,15 @@ def cmd_train(args) -> int:
        f"B={cfg.proxies_per_class})")
   result = runs.train_geniu(cfg, data, recorder=recorder, log=_log, state_dir=state_dir,
                             resume=args.resume)
-  path = runs.save_run(args.out, cfg, data, result)
+  path = runs.save_run(args.out, cfg, data, result, extra={
+      "validation_per_class": args.validation_per_class} if args.validation_per_class else None)
   shutil.rmtree(state_dir, ignore_errors=True)
   _log(f"checkpoint written to {path}")
   if compile_cache.cache_dir() and result.generator is not None:
     # Into the persistent cache, so that the first `geniu unlearn` loads it.
     _log("compiling the unlearning program for later requests ...")
-    ms = runs.warm_unlearning(result.classifier, result.generator, cfg, result.prompts)
+    from geniu_jax.methods import geniu_unlearning
+    ms = geniu_unlearning.warm(result.classifier, result.generator, cfg, result.prompts)
     _log(f"compiled in {ms / 1e3:.1f} s and cached in {compile_cache.cache_dir()}")
   for warning in result.checks["warnings"]:
     _log(f"warning: {warning}")
@@ -244,115 +243,10 @@ def training_state_dir(out) -> Path:
   return out.parent / f"{out.name}.train-state"
 
 
-def _uses_artifacts(method: str) -> bool:
-  """Whether `geniu unlearn --method` tunes on GENIU's generator and prompts."""
-  if method == "geniu":
-    return True
-  from geniu_jax.methods import registry
-  found = registry.METHODS.get(method)
-  return found is not None and registry.Access.ARTIFACTS in found.access
-
-
 def cmd_unlearn(args) -> int:
-  from geniu_jax import runs
   _check_flags(args, _UNLEARN_FIELDS)
-  if args.method != "geniu":
-    from geniu_jax.methods import registry
-    if args.method not in registry.METHODS:
-      raise UsageError(f"unknown method {args.method!r}; registered: "
-                       f"{sorted(registry.METHODS)}")
-  validate.check_output_dir(args.out)
-  # Everything the metadata can refute is refuted before `restore` builds the
-  # models and reads the arrays.
-  meta = ckpt_lib.read_metadata(args.ckpt)
-  stored = validate.check_metadata(meta, args.ckpt)
-  requested = runs.check_classes(args.forget, meta["num_classes"], "forget")
-  try:
-    forget = requests_lib.plan(meta, requested, f"checkpoint {args.ckpt}")
-  except requests_lib.NothingToForget as err:
-    raise UsageError(str(err)) from None
-  if (args.method != "geniu" and _uses_artifacts(args.method)
-      and requests_lib.dropped_prompts(meta)):
-    raise UsageError(requests_lib.needs_every_prompt(args.method, meta))
-  has_generator = meta.get("has_generator", True)   # what `restore` goes by
-  # A generator left at its initialisation maps the prompts to proxies that
-  # carry nothing of their classes (Alg. 2): tuning on them is not GENIU's
-  # unlearning, whatever it does to the accuracies. Refuse before any work.
-  if (has_generator and _uses_artifacts(args.method)
-      and ckpt_lib.generator_epochs(meta) == 0):
-    raise UsageError(f"checkpoint {args.ckpt}: its GENIU generator never trained, so it has "
-                     "no proxies to tune on; retrain with more --epochs (or a lower "
-                     "--noise-start-acc)")
-  if args.method == "geniu":
-    if not has_generator:
-      raise UsageError(f"checkpoint {args.ckpt} has no GENIU generator and prompts")
-    if (args.proxies_per_class is not None
-        and args.proxies_per_class > stored.proxies_per_class):
-      raise UsageError(f"argument --proxies-per-class: asked for {args.proxies_per_class} "
-                       f"proxies per class; the checkpoint has {stored.proxies_per_class}")
-  if forget != sorted(requested):
-    _log(f"forgetting {forget}: {requests_lib.forgotten(meta)} forgotten by earlier requests "
-         "stay forgotten")
-  t0 = time.perf_counter()
-  ck = ckpt_lib.restore(args.ckpt, precision=args.precision)
-  restore_ms = (time.perf_counter() - t0) * 1e3
-  meta = ck.metadata
-  cfg = Config.from_dict(meta["config"]).replace(precision=args.precision)
-  if args.method != "geniu":
-    from geniu_jax.methods import registry
-    return registry.cli_unlearn(args, ck, forget, cfg, log=_log, requested=requested)
-  if ck.generator is None:
-    raise UsageError(f"checkpoint {args.ckpt} has no GENIU generator and prompts")
-  # Classes forgotten earlier whose prompts are gone are tuned as forgotten
-  # without proxies (`geniu.unlearn.unlearn`).
-  dropped = requests_lib.dropped_prompts(meta)
-  tune_forget = requests_lib.with_prompts(meta, forget)
-  prompts = ck.prompts
-  if args.proxies_per_class is not None:
-    from geniu_jax.geniu import prompts as prompt_lib
-    prompts = prompt_lib.first_ranks(prompts, meta["num_classes"] - len(dropped),
-                                     args.proxies_per_class)
-  from geniu_jax.methods.command import config_with_overrides
-  cfg = config_with_overrides(cfg, args)
-  setting = runs.unlearn_setting(cfg)
-  rounds, lr, stop = cfg.unlearn_rounds, cfg.unlearn_lr, cfg.stop_forget_prob
-  objective, sharpen = setting["objective"], setting["sharpen"]
-  _log(f"GENIU in-batch tuning: forget {list(forget)}, up to {rounds} rounds, lr {lr}, "
-       f"stop rule {'off' if stop is None else f'mean forgotten-proxy prob <= {stop}'}, "
-       f"objective {objective.describe()}, sharpened proxies "
-       f"{'off' if sharpen is None else f'({sharpen.mode}) to p >= {sharpen.target:g}'}")
-  out = runs.geniu_unlearn_timed(ck.classifier, ck.generator, prompts, tune_forget,
-                                 dropped=dropped, **setting)
-  checks = runs.proxy_checks(out.info)
-  report = {"method": "geniu", "forget": list(forget), "requested": list(requested),
-            "rounds_run": out.rounds_run, **checks,
-            "objective": objective._asdict(), "sharpen_target": cfg.sharpen_target,
-            "sharpen_mode": cfg.sharpen_mode, "precision": cfg.precision,
-            "proxies": int(prompts.shape[0]),
-            "unlearn_ms": round(out.unlearn_ms, 3), "compile_ms": round(out.compile_ms, 3),
-            "restore_ms": round(restore_ms, 3)}
-  _save_unlearned(args, out.classifier, ck, forget, report, requested)
-  _log(f"unlearned in {out.unlearn_ms:.1f} ms ({out.rounds_run} rounds; compile "
-       f"{out.compile_ms:.0f} ms); forgotten proxies' own-class probability "
-       f"{checks['forget_proxy_prob_before']:.3f} -> {checks['forget_proxy_prob']:.3f}, "
-       f"retained proxies correct {checks['retained_proxy_acc']:.3f}; checkpoint written to "
-       f"{args.out}")
-  if checks["forget_proxy_prob"] > runs.NOT_FORGOTTEN_PROB:
-    _log(f"warning: after {out.rounds_run} rounds the forgotten proxies still get their class "
-         f"with mean probability {checks['forget_proxy_prob']:.3f}: the class is probably "
-         "not forgotten; try more --rounds or a larger --lr")
-  _emit(report, args.json)
-  return 0
-
-
-def _save_unlearned(args, classifier, ck, forget, report: dict, requested) -> None:
-  """Writes the unlearned checkpoint without the forgotten classes' prompts
-  (or without generator and prompts, with --drop-generator)."""
-  generator, prompts = ck.generator, requests_lib.kept_prompts(ck.metadata, ck.prompts, forget)
-  if args.drop_generator:
-    generator, prompts = None, None
-  ckpt_lib.save(args.out, classifier, generator, prompts,
-                requests_lib.record(ck.metadata, requested, forget, report))
+  from geniu_jax import unlearn_command
+  return unlearn_command.run(args, _log)
 
 
 def cmd_evaluate(args) -> int:
@@ -383,9 +277,7 @@ def cmd_evaluate(args) -> int:
   ck = ckpt_lib.restore(args.ckpt)
   reference = ckpt_lib.restore(args.reference).classifier if args.reference else None
   # Membership inference needs the training split itself, rebuilt from the metadata.
-  train = runs.prepare_data(meta["data_source"], meta["majority"], meta["imbalance"],
-                            meta["seed"], validation_per_class=(meta.get("grid_cell") or {})
-                            .get("validation_per_class", 0), log=None)
+  train = runs.training_data_of(meta, log=None)
   import jax
   from geniu_jax.evaluation import unlearning as evaluation
   result = evaluation.evaluate(

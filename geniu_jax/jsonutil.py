@@ -13,6 +13,8 @@ import math
 import numbers
 from typing import Any
 
+import numpy as np
+
 
 def finite_or_null(value: Any) -> Any:
   """Copy of `value` with every non-finite float (NaN, +-inf) replaced by None.
@@ -34,3 +36,21 @@ def finite_or_null(value: Any) -> Any:
 def dumps(value: Any, **kwargs) -> str:
   """`json.dumps` of `finite_or_null(value)` that refuses to write bare NaN."""
   return json.dumps(finite_or_null(value), allow_nan=False, **kwargs)
+
+
+def plain(value: Any) -> Any:
+  """Plain JSON types from numbers, arrays and nested containers, floats
+  rounded to 4 decimals (reports and grid records; not for exact data)."""
+  if isinstance(value, dict):
+    return {str(k): plain(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [plain(v) for v in value]
+  if hasattr(value, "__array__") and np.ndim(value) > 0:
+    return [plain(v) for v in np.asarray(value).tolist()]
+  if isinstance(value, (bool, np.bool_)):
+    return bool(value)
+  if isinstance(value, numbers.Integral):
+    return int(value)
+  if isinstance(value, numbers.Real) or hasattr(value, "__array__"):
+    return round(float(value), 4)
+  return value

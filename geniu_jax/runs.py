@@ -6,11 +6,8 @@ a run from Python and a run from the shell are the same run.
 
 from __future__ import annotations
 
-import time
 from typing import Callable, NamedTuple, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from geniu_jax import checkpoint as ckpt_lib
@@ -18,7 +15,6 @@ from geniu_jax import data as data_lib
 from geniu_jax import metrics
 from geniu_jax.config import Config
 from geniu_jax.geniu import train as train_lib
-from geniu_jax.geniu import unlearn as unlearn_lib
 from geniu_jax.models import functional as F
 
 
@@ -95,6 +91,16 @@ def prepare_data(source: str | data_lib.Dataset, majority: Sequence[int],
                       held_out=bool(validation_per_class))
 
 
+def training_data_of(meta: dict, log: Callable[[str], None] | None = None) -> TrainingData:
+  """The split a checkpoint was trained on, rebuilt from its metadata: same
+  source, majority, rates and seed, and the same validation hold-out (returned
+  as the evaluation split, `held_out`) when it had one."""
+  per_class = (meta.get("validation_per_class")
+               or (meta.get("grid_cell") or {}).get("validation_per_class", 0))
+  return prepare_data(meta["data_source"], meta["majority"], meta["imbalance"], meta["seed"],
+                      validation_per_class=per_class, log=log)
+
+
 def train_geniu(cfg: Config, data: TrainingData, *, geniu: bool = True, recorder=None,
                 log: Callable[[str], None] | None = print, state_dir=None,
                 resume: bool = False) -> train_lib.TrainResult:
@@ -129,81 +135,6 @@ def save_run(out: str, cfg: Config, data: TrainingData, result: train_lib.TrainR
                  history=result.history, checks=checks))
   return ckpt_lib.save(out, result.classifier, result.generator, result.prompts, meta,
                        records=result.records)
-
-
-class UnlearnOutcome(NamedTuple):
-  classifier: F.SplitModel
-  unlearn_ms: float
-  compile_ms: float
-  rounds_run: int
-  info: unlearn_lib.TuningInfo
-
-
-def unlearn_setting(cfg: Config) -> dict:
-  """The keyword arguments of `geniu_unlearn_timed` that `cfg` sets."""
-  from geniu_jax.geniu import sharpen as sharpen_lib
-  return dict(rounds=cfg.unlearn_rounds, lr=cfg.unlearn_lr,
-              stop_forget_prob=cfg.stop_forget_prob,
-              objective=unlearn_lib.objective_from_config(cfg),
-              sharpen=sharpen_lib.from_config(cfg))
-
-
-def _unlearn_args(classifier, generator, prompts, forget, dropped) -> tuple:
-  # No dropped classes: the program of a fresh checkpoint (and its cache entry).
-  return (classifier.params, classifier.stats, generator.params, jnp.asarray(prompts),
-          jnp.asarray(forget, jnp.int32),
-          jnp.asarray(sorted(dropped), jnp.int32) if dropped else None)
-
-
-def warm_unlearning(classifier: F.SplitModel, generator: F.SplitModel, cfg: Config,
-                    prompts) -> float:
-  """Compiles the unlearning program of a one-class request, so that with the
-  persistent compilation cache on the first `geniu unlearn` after training
-  loads it instead of compiling. Returns the compile time in ms."""
-  fn = unlearn_lib.make_unlearn_fn(classifier.graphdef, generator.graphdef,
-                                   **unlearn_setting(cfg))
-  args = _unlearn_args(classifier, generator, prompts, [0], ())
-  t0 = time.perf_counter()
-  fn.lower(*args).compile()
-  return (time.perf_counter() - t0) * 1e3
-
-
-def geniu_unlearn_timed(classifier: F.SplitModel, generator: F.SplitModel, prompts,
-                        forget: Sequence[int], *, rounds: int, lr: float,
-                        stop_forget_prob: float | None,
-                        objective: unlearn_lib.Objective = unlearn_lib.EQ10,
-                        sharpen=None, dropped: Sequence[int] = ()) -> UnlearnOutcome:
-  """Alg. 2 with compilation (AOT) and execution timed separately.
-
-  `forget`: the classes to forget that have prompts; `dropped`: earlier
-  forgotten classes whose prompts are gone (`unlearn_lib.unlearn`).
-  """
-  fn = unlearn_lib.make_unlearn_fn(classifier.graphdef, generator.graphdef, rounds=rounds,
-                                   lr=lr, stop_forget_prob=stop_forget_prob,
-                                   objective=objective, sharpen=sharpen)
-  args = _unlearn_args(classifier, generator, prompts, forget, dropped)
-  t0 = time.perf_counter()
-  compiled = fn.lower(*args).compile()
-  compile_ms = (time.perf_counter() - t0) * 1e3
-  t0 = time.perf_counter()
-  params, info = jax.block_until_ready(compiled(*args))
-  unlearn_ms = (time.perf_counter() - t0) * 1e3
-  tuned = F.SplitModel(classifier.graphdef, params, classifier.stats)
-  return UnlearnOutcome(tuned, unlearn_ms, compile_ms, int(info.rounds_run), info)
-
-
-# Above this mean own-class probability of the forgotten proxies after
-# tuning, `geniu unlearn` warns that the class was probably not forgotten.
-NOT_FORGOTTEN_PROB = 0.5
-
-
-def proxy_checks(info: unlearn_lib.TuningInfo) -> dict:
-  """The proxy checks of a tuning run, before and after (JSON-able floats)."""
-  last = int(info.rounds_run)
-  return {"forget_proxy_prob_before": float(info.forget_prob[0]),
-          "forget_proxy_prob": float(info.forget_prob[last]),
-          "retained_proxy_acc_before": float(info.retain_proxy_acc[0]),
-          "retained_proxy_acc": float(info.retain_proxy_acc[last])}
 
 
 def evaluate(classifier: F.SplitModel, x, y, num_classes: int, forget: Sequence[int]) -> dict:

@@ -20,7 +20,11 @@ from geniu_jax.checkpoint import CheckpointError
 from geniu_jax.config import Config
 from geniu_jax.models.conv import LOWERINGS
 
-__all__ = ["OutputPathError", "check_output_dir", "check_metadata"]
+__all__ = ["UsageError", "OutputPathError", "check_output_dir", "check_metadata"]
+
+
+class UsageError(Exception):
+  """Bad input from the command line; printed as one line, exit 2."""
 
 
 class OutputPathError(ValueError):

@@ -79,6 +79,20 @@ def test_train_bad_schedule_flags(capsys, tmp_path, flags, contains):
   assert_usage_error(rc, err, out, contains=contains)
 
 
+@pytest.mark.parametrize("method,flags,contains", [
+    ("unsir", ["--rounds", "5"], "does not use unlearn_rounds"),
+    ("retrain", ["--proxies-per-class", "1"], "does not use proxies_per_class"),
+    ("geniu", ["--baseline-setting", "reference"], "does not use baseline_setting"),
+    ("geniu_impair_repair", ["--no-stop"], "does not use stop_forget_prob"),
+], ids=["rounds-unsir", "b-retrain", "baseline-geniu", "stop-impair-repair"])
+def test_unlearn_refuses_a_setting_the_method_ignores(capsys, tmp_path, method, flags,
+                                                      contains):
+  out = tmp_path / "out"
+  rc, _, err = run_cli(capsys, "unlearn", "--ckpt", tmp_path / "missing", "--forget", "9",
+                       "--method", method, "--out", out, *flags)
+  assert_usage_error(rc, err, out, contains=contains)
+
+
 @pytest.mark.parametrize("majority,contains", [
     (["10"], "outside [0, 10)"),
     (["-1"], "outside [0, 10)"),

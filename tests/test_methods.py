@@ -191,19 +191,29 @@ def test_post_training_proxy_ablations_run(smoke, name):
   assert max(moved) > 0 and 0.0 <= after["acc_f"] <= 1.0
 
 
-def test_compiled_programs_are_reused(smoke):
+def test_each_run_counts_its_own_compilation_and_reuses_the_program(smoke):
+  from geniu_jax.methods import geniu_unlearning
   _, first, _ = _unlearn(smoke, "geniu", key=1)
+  hits = geniu_unlearning.program.cache_info().hits
   _, second, _ = _unlearn(smoke, "geniu", key=2)
-  assert second["compile_ms"] == 0.0 and second["rounds_run"] == first["rounds_run"]
+  # The jitted program is reused; its compilation counts in every run, so
+  # compile_ms does not depend on what ran before in the process.
+  assert geniu_unlearning.program.cache_info().hits == hits + 1
+  assert first["compile_ms"] > 0 and second["compile_ms"] > 0
+  assert second["rounds_run"] == first["rounds_run"]
 
 
 def test_gkt_student_learns_when_the_gate_is_open(smoke):
   grant = Grant("gkt", registry.METHODS["gkt"].access, classifier=smoke.result.classifier,
                 forget=FORGET, num_classes=10, image_shape=(28, 28, 1))
+  gkt_lib.gkt(grant, smoke.cfg, jax.random.key(0),
+              settings=dataclasses.replace(gkt_lib.PRESETS["smoke"], threshold=0.5))
+  misses = gkt_lib._program.cache_info().misses
   settings = dataclasses.replace(gkt_lib.PRESETS["smoke"], threshold=1.0)
   _, info = gkt_lib.gkt(grant, smoke.cfg, jax.random.key(0), settings=settings)
   assert info["kept_fraction"] == 1.0 and info["skipped_batches"] == 0.0
-  assert info["compile_ms"] < 5000  # the threshold is an argument: no new loop program
+  # The threshold is an argument: no new loop program.
+  assert gkt_lib._program.cache_info().misses == misses
 
 
 def test_gkt_gate_and_attention():

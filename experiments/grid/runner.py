@@ -36,7 +36,8 @@ from geniu_jax import metrics, runs
 from geniu_jax.config import Config
 from geniu_jax.evaluation import unlearning as evaluation_lib
 from geniu_jax.geniu import train as train_lib
-from geniu_jax.methods import command, records, registry
+from geniu_jax import jsonutil
+from geniu_jax.methods import records, registry
 from geniu_jax.models import functional as F
 
 ORIGINALS = "originals"
@@ -254,7 +255,7 @@ def make_record(cfg: spec_lib.GridConfig, cell: spec_lib.Cell, method: spec_lib.
       "settings": spec_lib._jsonable({**dict(cell.variant.overrides), **dict(method.overrides)}),
       "original": cell.key, **scores,
       "unlearn_ms": info.pop("unlearn_ms", None), "compile_ms": info.pop("compile_ms", None),
-      "info": command.jsonable(info), "versions": ckpt_lib.package_versions(),
+      "info": jsonutil.plain(info), "versions": ckpt_lib.package_versions(),
       "device": str(jax.devices()[0].device_kind), "host": store_lib.host(),
       "finished": store_lib.now(),
   }

@@ -8,4 +8,4 @@ VAE).
 
 from geniu_jax.methods import registry  # noqa: F401  (first: the others register into it)
 from geniu_jax.methods import (  # noqa: F401
-    geniu_variants, gkt, gkt_vae, ir, retrain, unrolling, unsir)
+    geniu_unlearning, geniu_variants, gkt, gkt_vae, ir, retrain, unrolling, unsir)

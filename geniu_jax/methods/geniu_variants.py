@@ -1,6 +1,7 @@
-"""GENIU (Alg. 2) and its main-contribution ablations (Table 9 / App. G.1).
+"""The main-contribution ablations of GENIU's unlearning (Table 9 / App. G.1).
 
-Two switches, one program:
+Two switches, one program (GENIU itself, proxies ``geniu`` with tuning
+``in_batch``, is `geniu_unlearning`):
 
 * proxies -- ``geniu``: x'_k = g(z_k, phi) from the prompts and generator
   trained alongside the classifier (Eq. 9; needs the ARTIFACTS).
@@ -25,9 +26,11 @@ Two switches, one program:
   statistics stay frozen in both, as in in-batch tuning; the stop rule does
   not apply (every round runs).
 
-Registered: ``geniu`` (geniu, in_batch), ``geniu_impair_repair``,
-``geniu_post`` (post, in_batch), ``geniu_post_impair_repair``.
-Each run is one jitted program, compiled ahead of time (see `common`).
+Registered: ``geniu_impair_repair`` (geniu, impair_repair), ``geniu_post``
+(post, in_batch), ``geniu_post_impair_repair``. Each run is one jitted
+program, compiled ahead of time (see `common`). They need a prompt of every
+class (a checkpoint whose forgotten classes' prompts were dropped is refused
+by the caller).
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from geniu_jax.geniu import unlearn as unlearn_lib
 from geniu_jax.geniu.generator import make_proxies
 from geniu_jax.geniu.losses import batch_cross_entropy
 from geniu_jax.methods import common
-from geniu_jax.methods.registry import Access, Grant, register
+from geniu_jax.methods.registry import TUNING_SETTINGS, Access, Grant, register
 from geniu_jax.models import functional as F
 
 
@@ -86,7 +89,7 @@ def impair_repair(params, graphdef, stats, proxies: jax.Array, labels: jax.Array
   return params, (impair_losses, repair_losses)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=16)
 def _program(cls_graphdef, gen_graphdef, proxy: str, tuning: str, num_classes: int,
              per_class: int, image_shape: tuple, prompt_lr: float, prompt_steps: int,
              rounds: int, lr: float, stop: float | None, objective: unlearn_lib.Objective,
@@ -138,7 +141,7 @@ def unlearn_with_proxies(grant: Grant, cfg: Config, key: jax.Array, *, proxy: st
   forget = jnp.asarray(grant.forget, jnp.int32)
   stop = cfg.stop_forget_prob if tuning == "in_batch" else None
   if proxy == "geniu":
-    generator, prompts = grant.artifacts
+    generator, prompts = grant.artifacts.generator, grant.artifacts.prompts
     # A config asking for fewer proxies per class than were trained uses the
     # first ranks (B' = 1: the paper's single proxy), as `geniu unlearn
     # --proxies-per-class` does; one trained original serves every B' <= B.
@@ -163,15 +166,16 @@ def _variant(proxy: str, tuning: str):
   return functools.partial(unlearn_with_proxies, proxy=proxy, tuning=tuning)
 
 
-register("geniu", {Access.ARTIFACTS},
-         "GENIU: proxies g(z) from the training-phase artifacts, in-batch tuning (Eq. 10)"
-         )(_variant("geniu", "in_batch"))
+# Impair-repair runs every round (no stop rule) and has its own losses (no
+# objective); the sharpened batch and B' apply to both tunings.
+_IMPAIR_REPAIR_SETTINGS = TUNING_SETTINGS - {"stop_forget_prob", "retain_target",
+                                             "forget_loss", "forget_margin"}
 register("geniu_impair_repair", {Access.ARTIFACTS},
-         "Table 9: GENIU proxies, impair (1/CE) then repair (CE) rounds"
-         )(_variant("geniu", "impair_repair"))
+         "Table 9: GENIU proxies, impair (1/CE) then repair (CE) rounds",
+         settings=_IMPAIR_REPAIR_SETTINGS)(_variant("geniu", "impair_repair"))
 register("geniu_post", set(),
-         "Table 9: prompts fitted to the finished model as proxies, in-batch tuning"
-         )(_variant("post", "in_batch"))
+         "Table 9: prompts fitted to the finished model as proxies, in-batch tuning",
+         settings=TUNING_SETTINGS)(_variant("post", "in_batch"))
 register("geniu_post_impair_repair", set(),
-         "Table 9: post-training prompts as proxies, impair then repair"
-         )(_variant("post", "impair_repair"))
+         "Table 9: post-training prompts as proxies, impair then repair",
+         settings=_IMPAIR_REPAIR_SETTINGS)(_variant("post", "impair_repair"))

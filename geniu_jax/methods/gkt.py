@@ -76,7 +76,7 @@ from flax import nnx
 
 from geniu_jax.config import Config
 from geniu_jax.methods import common
-from geniu_jax.methods.registry import Grant, register
+from geniu_jax.methods.registry import BASELINE_SETTINGS, Grant, register
 from geniu_jax.models import functional as F
 from geniu_jax.models.allcnn import AllCNN
 from geniu_jax.models.conv import Conv2d
@@ -226,7 +226,7 @@ def _where(ok, new, old):
   return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=16)
 def _program(teacher_graphdef, student_graphdef, gen_graphdef, s: GKTSettings):
   """The whole GKT loop as one jitted function (the gate threshold is an argument,
   so changing it does not recompile)."""
@@ -373,7 +373,8 @@ def sample(generator: F.SplitModel, *, key: jax.Array, batches: int,
   return x.reshape(batches * batch_size, *x.shape[2:])
 
 
-@register("gkt", set(), "GKT (Chundawat et al. 2023): gated zero-shot distillation to a new student")
+@register("gkt", set(), "GKT (Chundawat et al. 2023): gated zero-shot distillation to a new student",
+          settings=BASELINE_SETTINGS)
 def gkt(grant: Grant, cfg: Config, key: jax.Array,
         settings: GKTSettings | None = None) -> tuple[F.SplitModel, dict]:
   """Distils the original model into a fresh student without the forgotten classes.

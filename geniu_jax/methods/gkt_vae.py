@@ -42,7 +42,7 @@ from geniu_jax.geniu.generator import make_proxies
 from geniu_jax.geniu.prompts import prompt_labels
 from geniu_jax.methods import common
 from geniu_jax.methods import gkt as gkt_lib
-from geniu_jax.methods.registry import Access, Grant, register
+from geniu_jax.methods.registry import TUNING_SETTINGS, Access, Grant, register
 from geniu_jax.models import functional as F
 
 
@@ -67,7 +67,7 @@ def pick_per_class(probs: jax.Array, per_class: int) -> tuple[jax.Array, jax.Arr
   return top.T.reshape(-1), jnp.sum(assigned, axis=0).astype(jnp.int32)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=16)
 def _program(cls_graphdef, gkt_graphdef, vae_graphdef, num_classes: int, per_class: int,
              batches: int, batch_size: int, rounds: int, lr: float, stop: float | None,
              objective: unlearn_lib.Objective, sharpen: sharpen_lib.Sharpening | None):
@@ -100,7 +100,8 @@ def _program(cls_graphdef, gkt_graphdef, vae_graphdef, num_classes: int, per_cla
 
 
 @register("gkt_vae", {Access.ARTIFACTS},
-          "Table 3: GKT's generated noise through GENIU's VAE as proxies, in-batch tuning")
+          "Table 3: GKT's generated noise through GENIU's VAE as proxies, in-batch tuning",
+          settings=TUNING_SETTINGS)
 def gkt_vae(grant: Grant, cfg: Config, key: jax.Array,
             settings: gkt_lib.GKTSettings | None = None,
             sample_batches: int | None = None) -> tuple[F.SplitModel, dict]:
@@ -116,7 +117,7 @@ def gkt_vae(grant: Grant, cfg: Config, key: jax.Array,
     raise ValueError(f"{batches} x {s.batch_size} GKT samples cannot give {per_class} per class")
   watch = common.Stopwatch()
   classifier = grant.classifier
-  vae, _ = grant.artifacts
+  vae = grant.artifacts.generator
   k_gkt, k_sample = jax.random.split(key)
   run = gkt_lib.train_gkt(classifier, grant.forget, grant.num_classes, grant.image_shape, cfg,
                           key=k_gkt, settings=s, watch=watch)

@@ -47,7 +47,7 @@ import numpy as np
 from geniu_jax.config import Config
 from geniu_jax.methods import common
 from geniu_jax.methods import records as rec_lib
-from geniu_jax.methods.registry import Access, Grant, register
+from geniu_jax.methods.registry import BASELINE_SETTINGS, Access, Grant, register
 from geniu_jax.models import functional as F
 
 
@@ -91,7 +91,8 @@ def subtract_records(watch: common.Stopwatch, classifier: F.SplitModel, records:
 
 
 @register("ir", {Access.RECORDS, Access.RETAINED_DATA},
-          "I-R / Amnesiac (Graves et al.): subtract the recorded updates, repair on retained data")
+          "I-R / Amnesiac (Graves et al.): subtract the recorded updates, repair on retained data",
+          settings=BASELINE_SETTINGS)
 def ir(grant: Grant, cfg: Config, key: jax.Array,
        settings: IRSettings | None = None) -> tuple[F.SplitModel, dict]:
   """Amnesiac unlearning followed by a repair on the retained data."""
@@ -112,7 +113,8 @@ def ir(grant: Grant, cfg: Config, key: jax.Array,
 
 
 @register("ir_relabel", {Access.ALL_DATA},
-          "Graves et al. relabelling: fine-tune on forgotten samples with random wrong labels")
+          "Graves et al. relabelling: fine-tune on forgotten samples with random wrong labels",
+          settings=BASELINE_SETTINGS)
 def ir_relabel(grant: Grant, cfg: Config, key: jax.Array,
                settings: IRSettings | None = None) -> tuple[F.SplitModel, dict]:
   """Fine-tunes on the training split with the forgotten labels randomised."""

@@ -7,18 +7,21 @@ A method declares, once, what it may touch at unlearning time
 GENIU or GKT cannot receive training data by mistake: the caller may hand
 `run_method` everything it has, and the method still sees only its share.
 
-The built-in methods live in the sibling modules (`geniu_variants`,
-`retrain`, `gkt`, `unsir`, `ir`, `unrolling`) and register themselves when the
-package `geniu_jax.methods` is imported. `inputs_from` builds the keyword
-inputs of `run_method` from a training split; `cli_unlearn` is
-`geniu unlearn --method NAME` for every method except plain `geniu`.
+A method also declares the `Config` fields of its unlearning setting it reads
+(`Method.settings`), so a caller (the CLI, the grid) can refuse a setting the
+method would ignore.
+
+The built-in methods live in the sibling modules (`geniu_unlearning`,
+`geniu_variants`, `retrain`, `gkt`, `unsir`, `ir`, `unrolling`, `gkt_vae`) and
+register themselves when the package `geniu_jax.methods` is imported.
+`inputs_from` builds the keyword inputs of `run_method` from a training split.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -36,6 +39,30 @@ class Access(enum.Enum):
 
 class AccessError(PermissionError):
   """A method asked for something it did not declare."""
+
+
+class Artifacts(NamedTuple):
+  """GENIU's training-phase artifacts (`Access.ARTIFACTS`).
+
+  Attributes:
+    generator: the VAE generator g.
+    prompts: [B * K', H, W, C] noise prompts, B per class of the K' classes
+      that still have them (ascending class order).
+    dropped: the classes forgotten by earlier requests whose prompts the
+      checkpoint no longer holds (`geniu_jax.forget_requests`).
+  """
+  generator: SplitModel
+  prompts: Any
+  dropped: tuple[int, ...] = ()
+
+
+# Config fields of GENIU-style in-batch tuning, and of the baselines' choice
+# between their recommended and their reference setting.
+TUNING_SETTINGS = frozenset({
+    "unlearn_rounds", "unlearn_lr", "stop_forget_prob", "retain_target", "forget_loss",
+    "forget_margin", "sharpen_target", "sharpen_mode", "sharpen_step", "sharpen_steps",
+    "proxies_per_class"})
+BASELINE_SETTINGS = frozenset({"baseline_setting"})
 
 
 _FIELD_ACCESS = {"artifacts": Access.ARTIFACTS, "retained_data": Access.RETAINED_DATA,
@@ -71,19 +98,32 @@ class Grant:
 
 @dataclasses.dataclass(frozen=True)
 class Method:
+  """A registered method.
+
+  Attributes:
+    name: its registry name.
+    access: what it may use at unlearning time.
+    fn: `fn(grant, cfg, key) -> (unlearned classifier, info)`; info has
+      `unlearn_ms` and `compile_ms` (`methods.common.Stopwatch`).
+    description: one line for listings.
+    settings: the `Config` fields of the unlearning setting it reads.
+  """
   name: str
   access: frozenset[Access]
   fn: Callable[[Grant, Config, Any], tuple[SplitModel, dict]]
   description: str = ""
+  settings: frozenset[str] = frozenset()
 
 
 METHODS: dict[str, Method] = {}
 
 
-def register(name: str, access: set[Access], description: str = ""):
+def register(name: str, access: set[Access], description: str = "",
+             settings: Sequence[str] = ()):
   """Decorator adding an unlearning function to `METHODS`."""
   def wrap(fn):
-    METHODS[name] = Method(name, frozenset(access) | {Access.MODEL}, fn, description)
+    METHODS[name] = Method(name, frozenset(access) | {Access.MODEL}, fn, description,
+                           frozenset(settings))
     return fn
   return wrap
 
@@ -93,7 +133,7 @@ def run_method(name: str, cfg: Config, key, *, classifier: SplitModel,
                ) -> tuple[SplitModel, dict]:
   """Runs a registered method, handing it only what it declared.
 
-  `available` may hold artifacts=(generator, prompts), retained_data=(x, y),
+  `available` may hold artifacts (`Artifacts`), retained_data=(x, y),
   retained_validation=(x, y) (the retained classes of a validation split held
   out of the training data), all_data=(x, y), records=...; anything
   undeclared is withheld.
@@ -130,7 +170,7 @@ def inputs_from(x_train=None, y_train=None, forget=(), *, artifacts=None,
     keep = ~np.isin(y, np.asarray(tuple(forget), dtype=y.dtype))
     available["retained_validation"] = (x[keep], y[keep])
   if artifacts is not None and artifacts[0] is not None:  # (None, None): no GENIU phase
-    available["artifacts"] = artifacts
+    available["artifacts"] = Artifacts(*artifacts)
   if records is not None:
     available["records"] = records
   return available
@@ -139,9 +179,3 @@ def inputs_from(x_train=None, y_train=None, forget=(), *, artifacts=None,
 def access_table() -> dict[str, list[str]]:
   """{method: sorted access names} of every registered method (for reports)."""
   return {name: sorted(a.value for a in m.access) for name, m in sorted(METHODS.items())}
-
-
-def cli_unlearn(args, ck, forget, cfg: Config, log=print, requested=None) -> int:
-  """`geniu unlearn --method NAME ...` for a registered method; see `methods.command`."""
-  from geniu_jax.methods import command
-  return command.cli_unlearn(args, ck, forget, cfg, log=log, requested=requested)

@@ -52,7 +52,7 @@ import numpy as np
 from geniu_jax.config import Config
 from geniu_jax.methods import common
 from geniu_jax.methods import records as rec_lib
-from geniu_jax.methods.registry import Access, Grant, register
+from geniu_jax.methods.registry import BASELINE_SETTINGS, Access, Grant, register
 from geniu_jax.models import functional as F
 
 
@@ -87,7 +87,8 @@ def _sample(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
 
 
 @register("unrolling", {Access.RECORDS, Access.ALL_DATA},
-          "Unrolling SGD (Thudi et al.): forgotten batch first, incremental SGD, add back eta*g_0")
+          "Unrolling SGD (Thudi et al.): forgotten batch first, incremental SGD, add back eta*g_0",
+          settings=BASELINE_SETTINGS)
 def unrolling(grant: Grant, cfg: Config, key: jax.Array,
               settings: UnrollingSettings | None = None) -> tuple[F.SplitModel, dict]:
   """Incremental training with the forgotten data first, then the unrolled correction."""

@@ -45,7 +45,7 @@ import optax
 
 from geniu_jax.config import Config
 from geniu_jax.methods import common
-from geniu_jax.methods.registry import Access, Grant, register
+from geniu_jax.methods.registry import BASELINE_SETTINGS, Access, Grant, register
 from geniu_jax.models import functional as F
 
 
@@ -93,7 +93,7 @@ def noise_loss(noise, graphdef, params, stats, label, l2: float, train: bool = F
   return -ce + l2 * jnp.mean(jnp.sum(noise ** 2, axis=tuple(range(1, noise.ndim)))), stats
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=16)
 def _noise_program(graphdef, batch: int, image_shape: tuple, lr: float, steps: int, l2: float,
                    train: bool = False):
   """Jitted `(params, stats, key_data, label) -> (noise, final loss, stats)`, one lax.scan."""
@@ -160,7 +160,8 @@ def _first_per_class(x, y, per_class: int):
 
 
 @register("unsir", {Access.RETAINED_DATA},
-          "UNSIR (Tarun et al.): error-maximising noise, impair on noise + retained, repair")
+          "UNSIR (Tarun et al.): error-maximising noise, impair on noise + retained, repair",
+          settings=BASELINE_SETTINGS)
 def unsir(grant: Grant, cfg: Config, key: jax.Array,
           settings: UNSIRSettings | None = None) -> tuple[F.SplitModel, dict]:
   """Noise per forgotten class, one impair epoch, one repair epoch (module docstring)."""
