@@ -182,9 +182,7 @@ def compiled_bytes(compiled) -> int:
 
 
 def _seed_keys(seed: int) -> dict[str, jax.Array]:
-  # The same five streams, in the same order, as `train.train` draws them.
-  return dict(zip(("classifier", "prompts", "generator", "shuffle", "vae_noise"),
-                  jax.random.split(jax.random.key(seed), 5)))
+  return train_lib.key_streams(jax.random.key(seed))
 
 
 def train_step_bytes(cfg: Config, image_shape, num_classes: int, n_images: int,

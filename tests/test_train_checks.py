@@ -168,3 +168,18 @@ def test_train_refuses_an_empty_or_mislabelled_split(n_images, n_labels):
   y = np.zeros((n_labels,), np.int32)
   with pytest.raises(ValueError, match="training split"):
     train_lib.train(cfg, x, y, TINY_K)
+
+
+def test_train_key_defaults_to_the_config_seed_and_names_the_run():
+  labels = np.repeat(np.arange(TINY_K), 8)
+  x = quadrant_data(labels, 0)
+  cfg = tiny_cfg(epochs=1, seed=3)
+
+  def params(**kw):
+    r = train_lib.train(cfg, x, labels, TINY_K, geniu=False, log=None, **kw)
+    return jax.tree.leaves(r.classifier.params)
+
+  default, same, other = params(), params(key=jax.random.key(3)), params(key=jax.random.key(4))
+  assert all(np.array_equal(a, b) for a, b in zip(default, same))
+  assert not all(np.array_equal(a, b) for a, b in zip(default, other))
+  assert list(train_lib.key_streams(jax.random.key(0))) == list(train_lib.KEY_STREAMS)

@@ -49,14 +49,18 @@ class Resumed(NamedTuple):
 
 
 def fingerprint(cfg: Config, x_train: np.ndarray, y_train: np.ndarray, num_classes: int,
-                geniu: bool) -> dict:
-  """What must be equal for a state to continue this run."""
+                geniu: bool, key: jax.Array | None = None) -> dict:
+  """What must be equal for a state to continue this run (`key`: the run's
+  key, when it is not the config's seed)."""
   digest = hashlib.sha256()
   for a in (np.ascontiguousarray(x_train), np.ascontiguousarray(y_train)):
     digest.update(str((a.dtype, a.shape)).encode())
     digest.update(a.tobytes())
-  return {"config": cfg.to_dict(), "num_classes": int(num_classes), "geniu": bool(geniu),
-          "data_sha256": digest.hexdigest()}
+  out = {"config": cfg.to_dict(), "num_classes": int(num_classes), "geniu": bool(geniu),
+         "data_sha256": digest.hexdigest()}
+  if key is not None:
+    out["key"] = np.asarray(jax.random.key_data(key)).tolist()
+  return out
 
 
 def _manager(directory: str | Path) -> ocp.CheckpointManager:

@@ -83,6 +83,17 @@ class TrainResult(NamedTuple):
 
 classifier_optimizer = opt_lib.classifier_optimizer
 
+KEY_STREAMS = ("classifier", "prompts", "generator", "shuffle", "vae_noise")
+
+
+def key_streams(key: jax.Array) -> dict[str, jax.Array]:
+  """The random streams of Alg. 1, by name, from one key: the classifier's,
+  the prompts' and the generator's initialisation, the batch order (as a
+  numpy seed) and the VAE's sampling noise (folded with the epoch). The
+  single-run and the vmapped multi-run trainers (`geniu_jax.sweep`) both
+  draw them here, so seed s gives the same run either way."""
+  return dict(zip(KEY_STREAMS, jax.random.split(key, len(KEY_STREAMS))))
+
 
 def make_train_step(graphdef, optimizer, selection: str | None,
                     recorder: Recorder | None, num_classes: int | None = None,
@@ -165,7 +176,8 @@ def train(cfg: Config, x_train: np.ndarray, y_train: np.ndarray, num_classes: in
           log: Callable[[str], None] | None = print,
           state_dir: str | None = None, resume: bool = False,
           validation: tuple[np.ndarray, np.ndarray] | None = None,
-          mesh: jax.sharding.Mesh | None = None) -> TrainResult:
+          mesh: jax.sharding.Mesh | None = None,
+          key: jax.Array | None = None) -> TrainResult:
   """Runs Alg. 1 (or plain classifier training with `geniu=False`).
 
   Args:
@@ -189,6 +201,8 @@ def train(cfg: Config, x_train: np.ndarray, y_train: np.ndarray, num_classes: in
       device, up to the order of float32 sums. Several hosts: call
       `jax.distributed.initialize()` first and pass each process the same
       arrays and config.
+    key: the run's randomness (`key_streams`); None: `jax.random.key(cfg.seed)`,
+      so a config alone names a run.
 
   Returns:
     A `TrainResult`; `generator` and `prompts` are None when `geniu=False`.
@@ -199,7 +213,8 @@ def train(cfg: Config, x_train: np.ndarray, y_train: np.ndarray, num_classes: in
     `val_loss` and the learning rate `lr` of that epoch.
   """
   kwargs = dict(geniu=geniu, recorder=recorder, log=log, state_dir=state_dir, resume=resume,
-                validation=validation, mesh=mesh)
+                validation=validation, mesh=mesh,
+                key=jax.random.key(cfg.seed) if key is None else key)
   if mesh is None:
     return _train(cfg, x_train, y_train, num_classes, **kwargs)
   parallel.check_batch_size(min(cfg.batch_size, len(y_train)), mesh)
@@ -213,7 +228,7 @@ def _train(cfg: Config, x_train: np.ndarray, y_train: np.ndarray, num_classes: i
            geniu: bool, recorder: Recorder | None, log: Callable[[str], None] | None,
            state_dir: str | None, resume: bool,
            validation: tuple[np.ndarray, np.ndarray] | None,
-           mesh: jax.sharding.Mesh | None) -> TrainResult:
+           mesh: jax.sharding.Mesh | None, key: jax.Array) -> TrainResult:
   image_shape = tuple(x_train.shape[1:])
   n = x_train.shape[0]
   if n == 0 or len(y_train) != n:
@@ -226,8 +241,7 @@ def _train(cfg: Config, x_train: np.ndarray, y_train: np.ndarray, num_classes: i
                      "validation split held out of the training data")
   batch = min(cfg.batch_size, n)
   steps_per_epoch = n // batch
-  keys = dict(zip(("classifier", "prompts", "generator", "shuffle", "vae_noise"),
-                  jax.random.split(jax.random.key(cfg.seed), 5)))
+  keys = key_streams(key)
 
   classifier = F.make_classifier(num_classes, image_shape, cfg.width, cfg.lowering,
                                  keys["classifier"], cfg.precision)
@@ -260,7 +274,10 @@ def _train(cfg: Config, x_train: np.ndarray, y_train: np.ndarray, num_classes: i
   last_counts = None
   shuffle_rng = np.random.default_rng(np.asarray(jax.random.key_data(keys["shuffle"])))
   first_epoch = 0
-  fp = resume_lib.fingerprint(cfg, x_train, y_train, num_classes, geniu) if state_dir else None
+  custom_key = not np.array_equal(jax.random.key_data(key),
+                                  jax.random.key_data(jax.random.key(cfg.seed)))
+  fp = (resume_lib.fingerprint(cfg, x_train, y_train, num_classes, geniu,
+                               key if custom_key else None) if state_dir else None)
   if resume:
     if state_dir is None:
       raise ValueError("resume needs the state_dir of the interrupted run")
