@@ -161,6 +161,27 @@ def test_evaluation_against_the_kept_retrained_model(uninterrupted, tiny_source,
   assert by_label["original"]["relearn_steps"] == 0
 
 
+def test_reevaluate_remakes_records_made_without_evaluation(uninterrupted, tiny_source,
+                                                           tmp_path):
+  base = tiny_config(tiny_source).replace(forget_sets=((3,),))
+  work = tmp_path / "work"
+  shutil.copytree(uninterrupted, work)   # records made with evaluation off
+  before = {r["key"]: r for r in store_lib.Store(work).read_records()}
+  cfg = base.replace(evaluate=True)
+  runner.run(cfg, work)                  # without --reevaluate: nothing is redone
+  assert {r["key"]: r for r in store_lib.Store(work).read_records()} == before
+  runner.run(cfg, work, reevaluate=True)
+  after = {r["key"]: r for r in store_lib.Store(work).read_records()}
+  assert after.keys() == before.keys()   # replaced, not duplicated
+  remade = [k for k, r in after.items() if r["forget"] == [3]]
+  assert len(remade) == 3
+  for k in remade:
+    assert "mia_confidence" in after[k]
+    assert after[k]["acc_r"] == before[k]["acc_r"]   # same seeds, same numbers
+  untouched = [k for k in after if k not in remade]
+  assert all(after[k] == before[k] for k in untouched)
+
+
 def test_rerun_skips_finished_records(uninterrupted, tiny_source, monkeypatch):
   def boom(*args, **kwargs):
     raise AssertionError("a finished record was run again")
@@ -251,12 +272,24 @@ def test_retired_methods_are_reported_and_never_run(tmp_path, tiny_source):
   assert seen.count("geniu_old") == seen.count("original") == 2
 
 
+def test_prune_deletes_only_records_the_config_no_longer_makes(tmp_path, tiny_source, capsys):
+  cfg = tiny_config(tiny_source)
+  store = store_lib.Store(tmp_path)
+  keys = [spec.record_key(c, m) for c, m in spec.iter_work(cfg, spec.cells(cfg))]
+  for key in keys + ["stale"]:
+    store.write(key, {"dataset": "tiny", "method": "geniu", "acc_r": 0.5, "acc_f": 0.0})
+  assert grid_main.main(lambda variant: cfg, [], ["--workdir", str(tmp_path), "--prune"]) == 0
+  assert "deleted 1 records" in capsys.readouterr().out
+  assert store.done() == set(keys)
+  assert len(store_lib.load_jsonl(tmp_path / store_lib.RESULTS)) == len(keys)
+
+
 def test_main_rejects_bad_arguments(capsys):
   def get_config(variant):
     return tiny_config("npz:/nonexistent.npz")
 
   for argv in (["--shard", "3/2"], ["--methods", "nope"], ["--datasets", "nope"],
-               ["--data", "noequals"]):
+               ["--data", "noequals"], ["--prune", "--methods", "geniu"]):
     with pytest.raises(SystemExit) as err:
       grid_main.main(get_config, [], ["--workdir", "/tmp/x", *argv])
     assert err.value.code == 2

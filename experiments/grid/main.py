@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 from experiments.grid import report as report_lib
 from experiments.grid import runner
 from experiments.grid import spec as spec_lib
+from experiments.grid import store as store_lib
 from geniu_jax import checkpoint as ckpt_lib
 from geniu_jax import compile_cache
 from geniu_jax import data as data_lib
@@ -69,9 +70,17 @@ def main(get_config: Callable[[str], spec_lib.GridConfig],
   p.add_argument("--originals", help="directory of original models (default WORKDIR/originals)")
   p.add_argument("--existing-originals", action="store_true",
                  help="skip cells whose original is not trained yet (train no original)")
+  p.add_argument("--reevaluate", action="store_true",
+                 help="also re-make records that lack the evaluation columns (MIA; JS and "
+                      "AIN where the cell's retrained model is kept)")
+  p.add_argument("--prune", action="store_true",
+                 help="delete the records this config no longer makes (superseded settings); "
+                      "run nothing")
   p.add_argument("--report", action="store_true", help="write the report; train nothing")
   compile_cache.add_flag(p)
   args = p.parse_args(argv)
+  if args.prune and (args.datasets or args.methods):
+    p.error("--prune reads the whole config: drop --datasets and --methods")
   try:
     cfg = get_config(args.config)
     shard = spec_lib.parse_shard(args.shard)
@@ -80,13 +89,17 @@ def main(get_config: Callable[[str], spec_lib.GridConfig],
   except ValueError as err:
     p.error(str(err))
   try:
+    if args.prune:
+      gone = store_lib.Store(args.workdir).prune(report_lib.expected_keys(cfg))
+      print(f"deleted {len(gone)} records no setting of this config makes")
+      return 0
     if args.report:
       out = report_lib.write(cfg, args.workdir, views)
       print(out.read_text())
       return 0
     compile_cache.configure(args.compilation_cache)
     runner.run(cfg, args.workdir, shard=shard, sources=sources, originals=args.originals,
-               train=not args.existing_originals)
+               train=not args.existing_originals, reevaluate=args.reevaluate)
   except (data_lib.DataError, ckpt_lib.CheckpointError, ValueError) as err:
     print(f"error: {err}", file=sys.stderr)
     return 2

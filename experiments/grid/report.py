@@ -130,14 +130,19 @@ def accuracy_table(records: Sequence[dict], cfg: spec_lib.GridConfig, title: str
   return Section("\n".join(md), csv_rows)
 
 
+def expected_keys(cfg: spec_lib.GridConfig) -> set[str]:
+  """The record keys of this config's cells, methods and retired methods."""
+  expected = {spec_lib.record_key(c, m) for c, m in spec_lib.iter_work(cfg, spec_lib.cells(cfg))}
+  return expected | {spec_lib.record_key(c, m) for c in spec_lib.cells(cfg) for m in cfg.retired}
+
+
 def write(cfg: spec_lib.GridConfig, workdir, views: Sequence[View]) -> epath.Path:
   """Writes report.md, one CSV per view and the figures; returns report.md's path."""
   root = epath.Path(workdir)
   store = store_lib.Store(root)
   # Only the records of this config's cells and settings: a store may also
   # hold records of settings a preset has since changed.
-  expected = {spec_lib.record_key(c, m) for c, m in spec_lib.iter_work(cfg, spec_lib.cells(cfg))}
-  expected |= {spec_lib.record_key(c, m) for c in spec_lib.cells(cfg) for m in cfg.retired}
+  expected = expected_keys(cfg)
   records = [r for r in store.write_results() if r.get("key") in expected]
   md = [f"# {cfg.name}: report", "",
         f"{len(records)} records in `{root / store_lib.RESULTS}`; config `{cfg.preset}`; "

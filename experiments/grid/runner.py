@@ -282,17 +282,29 @@ def _hms(seconds: float) -> str:
 
 def run(cfg: spec_lib.GridConfig, workdir, *, shard: tuple[int, int] = (0, 1),
         sources: dict[str, str] | None = None, originals=None, train: bool = True,
+        reevaluate: bool = False,
         after_record: Callable[[dict], None] | None = None) -> store_lib.Store:
   """Fills the store with this shard's missing records.
 
   `train=False` skips the cells whose original is not there yet (e.g. to run
   cheap settings on the originals another grid has trained so far).
+  `reevaluate` (with `cfg.evaluate`) also re-makes the scored records that
+  lack the evaluation columns, e.g. made before evaluation was switched on:
+  `mia_confidence`, or `js_to_reference` where the cell's retrained model is
+  now kept. A re-made record replaces the old one whole.
   """
   store = store_lib.Store(workdir)
   originals = epath.Path(originals) if originals else store.root / ORIGINALS
   grid_cells = spec_lib.shard(spec_lib.cells(cfg, sources), *shard)
   work = list(spec_lib.iter_work(cfg, grid_cells))
   done = store.done()
+  if reevaluate and cfg.evaluate:
+    done -= store.lacking("mia_confidence")
+    with_reference = {c.key for c in grid_cells
+                      if (originals / f"{c.key}.retrain" / "metadata.json").exists()}
+    done -= {r["key"] for r in store.read_records() if "acc_r" in r
+             and r.get("method") != "retrain" and r.get("original") in with_reference
+             and r.get("js_to_reference") is None}
   progress = Progress(len(work), sum(spec_lib.record_key(c, m) in done for c, m in work))
   log(progress.line(f"{cfg.name}: shard {shard[0]}/{shard[1]}, {len(grid_cells)} cells"))
   for cell in grid_cells:
