@@ -44,7 +44,7 @@ _COUNTS = ("epochs", "batch_size", "prompt_steps", "generator_steps", "proxies_p
            "unlearn_rounds", "sharpen_steps")
 _LEARNING_RATES = ("lr", "prompt_lr", "generator_lr", "unlearn_lr")
 _NON_NEGATIVE = ("weight_decay", "kl_weight", "forget_margin")
-_CHOICES = {"selection": SELECTION_RULES, "selection_source": SELECTION_SOURCES,
+_CHOICES = {"preset": PRESETS, "selection": SELECTION_RULES, "selection_source": SELECTION_SOURCES,
             "sharpen_mode": SHARPEN_MODES, "retain_target": RETAIN_TARGETS,
             "forget_loss": FORGET_LOSSES, "precision": PRECISIONS,
             "baseline_setting": BASELINE_SETTINGS, "lr_schedule": LR_SCHEDULES}

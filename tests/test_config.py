@@ -110,3 +110,12 @@ def test_noise_start_acc_round_trips_and_old_metadata_restores_as_none():
   assert d["noise_start_acc"] == 0.6 and Config.from_dict(d) == cfg
   del d["noise_start_acc"]   # a checkpoint written before the field existed
   assert Config.from_dict(d).noise_start_acc is None
+
+
+def test_unknown_preset_is_refused_everywhere():
+  from geniu_jax.methods import common
+  with pytest.raises(ValueError, match="preset"):
+    Config(preset="laptop")
+  with pytest.raises(ValueError, match="no setting for preset 'cpu'"):
+    common.by_preset(Config(preset="cpu"), {"paper": 1, "smoke": 2})
+  assert common.by_preset(Config(preset="smoke"), {"paper": 1, "smoke": 2}) == 2

@@ -102,14 +102,17 @@ def init_split(watch: "Stopwatch", module_cls, *args, key: jax.Array, **kwargs) 
 
 
 def by_preset(cfg: Config, table: dict[str, Any], reference: Any = None) -> Any:
-  """Per-preset setting (unknown presets fall back to the paper's), or
-  `reference`, the published code's, when `cfg.baseline_setting` asks for it."""
+  """The setting of `cfg.preset` in `table`, or `reference`, the published
+  code's, when `cfg.baseline_setting` asks for it. A preset the table lacks
+  raises (no silent fallback to another preset's sizes)."""
   if cfg.baseline_setting == "reference":
     if reference is None:
       raise ValueError("this method has no `reference` setting; use baseline_setting "
                        "'recommended'")
     return reference
-  return table.get(cfg.preset, table["paper"])
+  if cfg.preset not in table:
+    raise ValueError(f"no setting for preset {cfg.preset!r} (this method has {sorted(table)})")
+  return table[cfg.preset]
 
 
 def split_data(data: tuple[np.ndarray, np.ndarray], forget: Sequence[int]):
