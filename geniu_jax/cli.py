@@ -127,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--baseline-setting", choices=BASELINE_SETTINGS, dest="baseline_setting",
                  help="UNSIR, GKT, I-R and Unrolling: recommended (ours) or reference (the published code's, "
                       "quirks included; see each method's docstring)")
+  p.add_argument("--set", action="append", dest="set", metavar="METHOD.FIELD=VALUE",
+                 help="a field of a baseline's own settings (e.g. gkt.pseudo_batches=100; "
+                      "VALUE is read as JSON, else as a string); repeatable")
   p.add_argument("--drop-generator", action="store_true", dest="drop_generator",
                  help="write the unlearned checkpoint without GENIU's generator and prompts "
                       "(no later GENIU request can use it)")

@@ -134,6 +134,9 @@ class Config:
     baseline_setting: the baselines' (UNSIR, GKT, I-R, Unrolling) settings:
       `recommended` (ours) or `reference` (the published code's, its quirks
       included; each method's docstring lists them).
+    method_settings: fields of a baseline's own settings (e.g. `GKTSettings`)
+      set over the chosen one, as ("method.field", value) pairs, e.g.
+      (("gkt.pseudo_batches", 100),); `geniu unlearn --set gkt.pseudo_batches=100`.
     imbalance: minority keep-rate r, or one rate per class.
     seed: seed of data subsampling and of all parameter initialisation.
   """
@@ -169,6 +172,7 @@ class Config:
   forget_loss: str = "inv_ce"
   forget_margin: float = 2.0
   baseline_setting: str = "recommended"
+  method_settings: tuple[tuple[str, Any], ...] = ()
   imbalance: float | tuple[float, ...] = 0.1
   seed: int = 0
 
@@ -217,6 +221,10 @@ class Config:
     v = self.grad_clip_value
     if v is not None and not _finite_in(v, 0.0, math.inf, lo_open=True):
       fail("grad_clip_value", "a finite number > 0 (or None for no clipping)")
+    for pair in self.method_settings:
+      if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], str)
+              and all(pair[0].partition(".")[::2])):
+        fail("method_settings", '("method.field", value) pairs')
     if not (_is_int(self.seed) and 0 <= self.seed <= MAX_SEED):
       fail("seed", "an integer in [0, 2**63 - 1]")
 
@@ -235,6 +243,8 @@ class Config:
     d = dict(d)
     if isinstance(d.get("imbalance"), list):
       d["imbalance"] = tuple(d["imbalance"])
+    if isinstance(d.get("method_settings"), list):
+      d["method_settings"] = tuple(tuple(p) for p in d["method_settings"])
     known = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in d.items() if k in known})
 

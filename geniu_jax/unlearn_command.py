@@ -27,6 +27,7 @@ records are not (they describe the original training).
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from typing import Any, Callable
 
@@ -48,7 +49,7 @@ SETTING_FLAGS = (("rounds", "unlearn_rounds"), ("lr", "unlearn_lr"),
                  ("retain_target", "retain_target"), ("forget_loss", "forget_loss"),
                  ("forget_margin", "forget_margin"), ("sharpen_target", "sharpen_target"),
                  ("no_sharpen", "sharpen_target"), ("sharpen_mode", "sharpen_mode"),
-                 ("baseline_setting", "baseline_setting"))
+                 ("baseline_setting", "baseline_setting"), ("set", "method_settings"))
 
 
 def _given(args, dest: str) -> bool:
@@ -65,10 +66,32 @@ def check_settings_apply(args, method: registry.Method) -> None:
                        f"use {field} (methods that do: {', '.join(readers)})")
 
 
+def method_settings(args) -> tuple[tuple[str, Any], ...]:
+  """`--set METHOD.FIELD=VALUE` as ("METHOD.FIELD", value) pairs; VALUE is read
+  as JSON (numbers, true/false, null), else kept as a string."""
+  pairs = []
+  for item in getattr(args, "set", None) or ():
+    key, eq, text = item.partition("=")
+    name, dot, field = key.partition(".")
+    if not (eq and dot and name and field):
+      raise UsageError(f"argument --set: expected METHOD.FIELD=VALUE, got {item!r}")
+    if name != args.method:
+      raise UsageError(f"argument --set: {key} names method {name!r}, but --method is "
+                       f"{args.method!r}")
+    try:
+      value = json.loads(text)
+    except json.JSONDecodeError:
+      value = text
+    pairs.append((key, value))
+  return tuple(pairs)
+
+
 def config_with_overrides(cfg: Config, args) -> Config:
   """`cfg` with the setting flags applied (`--no-stop`, `--no-sharpen`: None)."""
   cfg = cfg.replace(**{field: getattr(args, dest, None) for dest, field in SETTING_FLAGS
-                       if not dest.startswith("no_")})
+                       if not dest.startswith("no_") and dest != "set"})
+  if getattr(args, "set", None):
+    cfg = dataclasses.replace(cfg, method_settings=method_settings(args))
   if getattr(args, "no_stop", False):
     cfg = dataclasses.replace(cfg, stop_forget_prob=None)
   if getattr(args, "no_sharpen", False):
@@ -148,6 +171,7 @@ def run(args, log: Callable[[str], None]) -> int:
     raise UsageError(f"unknown method {args.method!r}; registered: {sorted(registry.METHODS)}")
   method = registry.METHODS[args.method]
   check_settings_apply(args, method)
+  method_settings(args)   # malformed --set fails before any file is read
   validate.check_output_dir(args.out)
   meta = ckpt_lib.read_metadata(args.ckpt)
   stored = validate.check_metadata(meta, args.ckpt)

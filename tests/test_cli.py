@@ -647,3 +647,15 @@ def test_ctrl_c_during_train_exits_130_with_one_line_and_leaves_nothing(tmp_path
   assert lines[-1].strip() == "geniu: interrupted", lines
   assert not out.exists()
   assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".interrupted")]
+
+
+@pytest.mark.parametrize("method,item,contains", [
+    ("gkt", "pseudo_batches=3", "expected METHOD.FIELD=VALUE"),
+    ("gkt", "unsir.noise_steps=3", "names method 'unsir'"),
+    ("geniu", "geniu.rounds=3", "does not use method_settings"),
+], ids=["no-method", "other-method", "geniu"])
+def test_unlearn_refuses_a_bad_set(capsys, tmp_path, method, item, contains):
+  out = tmp_path / "out"
+  rc, _, err = run_cli(capsys, "unlearn", "--ckpt", tmp_path / "missing", "--forget", "9",
+                       "--method", method, "--set", item, "--out", out)
+  assert_usage_error(rc, err, out, contains=contains)

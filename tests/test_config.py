@@ -117,5 +117,25 @@ def test_unknown_preset_is_refused_everywhere():
   with pytest.raises(ValueError, match="preset"):
     Config(preset="laptop")
   with pytest.raises(ValueError, match="no setting for preset 'cpu'"):
-    common.by_preset(Config(preset="cpu"), {"paper": 1, "smoke": 2})
-  assert common.by_preset(Config(preset="smoke"), {"paper": 1, "smoke": 2}) == 2
+    common.by_preset(Config(preset="cpu"), {"paper": 1, "smoke": 2}, method=None)
+  assert common.by_preset(Config(preset="smoke"), {"paper": 1, "smoke": 2}, method=None) == 2
+
+
+def test_method_settings_set_fields_of_a_baselines_setting():
+  import dataclasses
+  from geniu_jax.methods import common
+  from geniu_jax.methods import gkt
+  cfg = Config(preset="smoke", method_settings=(("gkt.pseudo_batches", 7),
+                                                ("unsir.noise_steps", 1)))
+  s = common.by_preset(cfg, gkt.PRESETS, gkt.REFERENCE, method="gkt")
+  assert s == dataclasses.replace(gkt.PRESETS["smoke"], pseudo_batches=7)
+  ref = common.by_preset(cfg.replace(baseline_setting="reference"), gkt.PRESETS, gkt.REFERENCE,
+                         method="gkt")
+  assert ref.pseudo_batches == 7 and ref.batch_size == gkt.REFERENCE.batch_size
+  assert Config.from_dict(cfg.to_dict()) == cfg     # survives checkpoint metadata
+  for pairs, match in (((("gkt.nope", 1),), "no setting nope"),
+                      ((("gkt.pseudo_batches", "many"),), "must be a int")):
+    with pytest.raises(ValueError, match=match):
+      common.by_preset(Config(method_settings=pairs), gkt.PRESETS, method="gkt")
+  with pytest.raises(ValueError, match="method_settings"):
+    Config(method_settings=(("nodot", 1),))

@@ -28,6 +28,7 @@ train mode, as in the reference implementations (``model.train()``).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from typing import Any, Callable, Sequence
@@ -101,18 +102,46 @@ def init_split(watch: "Stopwatch", module_cls, *args, key: jax.Array, **kwargs) 
   return F.SplitModel(graphdef, params, stats)
 
 
-def by_preset(cfg: Config, table: dict[str, Any], reference: Any = None) -> Any:
+def by_preset(cfg: Config, table: dict[str, Any], reference: Any = None, *,
+              method: str | None) -> Any:
   """The setting of `cfg.preset` in `table`, or `reference`, the published
-  code's, when `cfg.baseline_setting` asks for it. A preset the table lacks
-  raises (no silent fallback to another preset's sizes)."""
+  code's, when `cfg.baseline_setting` asks for it; then the fields of
+  `cfg.method_settings` named `method.field` set over it (None: a plain
+  per-preset value that takes none). A preset the table lacks, or a field
+  the setting lacks, raises."""
   if cfg.baseline_setting == "reference":
     if reference is None:
       raise ValueError("this method has no `reference` setting; use baseline_setting "
                        "'recommended'")
-    return reference
-  if cfg.preset not in table:
+    chosen = reference
+  elif cfg.preset not in table:
     raise ValueError(f"no setting for preset {cfg.preset!r} (this method has {sorted(table)})")
-  return table[cfg.preset]
+  else:
+    chosen = table[cfg.preset]
+  return chosen if method is None else with_method_settings(chosen, cfg.method_settings, method)
+
+
+def with_method_settings(settings: Any, pairs, method: str) -> Any:
+  """`settings` (a dataclass, or a plain value) with the ("method.field",
+  value) pairs of this `method` applied; a number's type must match the field's."""
+  mine = {key.partition(".")[2]: value for key, value in pairs
+          if key.partition(".")[0] == method}
+  if not mine:
+    return settings
+  if not dataclasses.is_dataclass(settings):
+    raise ValueError(f"method {method!r} has no settings to set (got {sorted(mine)})")
+  known = {f.name for f in dataclasses.fields(settings)}
+  bad = sorted(set(mine) - known)
+  if bad:
+    raise ValueError(f"method {method!r} has no setting {', '.join(bad)}; its settings: "
+                     f"{', '.join(sorted(known))}")
+  for name, value in mine.items():
+    old = getattr(settings, name)
+    ok = (old is None or value is None or isinstance(value, type(old))
+          or (isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool)))
+    if not ok:
+      raise ValueError(f"{method}.{name} must be a {type(old).__name__}, got {value!r}")
+  return dataclasses.replace(settings, **mine)
 
 
 def split_data(data: tuple[np.ndarray, np.ndarray], forget: Sequence[int]):

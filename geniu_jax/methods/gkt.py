@@ -326,7 +326,7 @@ def train_gkt(classifier: F.SplitModel, forget, num_classes: int, image_shape, c
     settings: defaults to the preset's `PRESETS` entry.
     watch: the caller's stopwatch (so the loop counts as its unlearning time).
   """
-  s = settings or common.by_preset(cfg, PRESETS, REFERENCE)
+  s = settings or common.by_preset(cfg, PRESETS, REFERENCE, method="gkt")
   watch = watch or common.Stopwatch()
   k_student, k_gen, k_loop = jax.random.split(key, 3)
   if s.gate_class_zero:
@@ -382,7 +382,7 @@ def gkt(grant: Grant, cfg: Config, key: jax.Array,
   Uses only `grant.classifier` (MODEL access). `settings` defaults to the
   preset's `PRESETS` entry.
   """
-  s = settings or common.by_preset(cfg, PRESETS, REFERENCE)
+  s = settings or common.by_preset(cfg, PRESETS, REFERENCE, method="gkt")
   watch = common.Stopwatch()
   run = train_gkt(grant.classifier, grant.forget, grant.num_classes, grant.image_shape, cfg,
                   key=key, settings=s, watch=watch)

@@ -101,7 +101,7 @@ def _program(cls_graphdef, gkt_graphdef, vae_graphdef, num_classes: int, per_cla
 
 @register("gkt_vae", {Access.ARTIFACTS},
           "Table 3: GKT's generated noise through GENIU's VAE as proxies, in-batch tuning",
-          settings=TUNING_SETTINGS)
+          settings=TUNING_SETTINGS | {"method_settings"})
 def gkt_vae(grant: Grant, cfg: Config, key: jax.Array,
             settings: gkt_lib.GKTSettings | None = None,
             sample_batches: int | None = None) -> tuple[F.SplitModel, dict]:
@@ -110,8 +110,8 @@ def gkt_vae(grant: Grant, cfg: Config, key: jax.Array,
   `settings` (GKT's loop) defaults to `gkt.PRESETS`, `sample_batches` to
   `gkt.SAMPLE_BATCHES`, both by the config's preset.
   """
-  s = settings or common.by_preset(cfg, gkt_lib.PRESETS)
-  batches = sample_batches or common.by_preset(cfg, gkt_lib.SAMPLE_BATCHES)
+  s = settings or common.by_preset(cfg, gkt_lib.PRESETS, method="gkt_vae")
+  batches = sample_batches or common.by_preset(cfg, gkt_lib.SAMPLE_BATCHES, method=None)
   per_class = cfg.proxies_per_class
   if batches * s.batch_size < per_class:
     raise ValueError(f"{batches} x {s.batch_size} GKT samples cannot give {per_class} per class")

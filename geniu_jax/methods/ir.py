@@ -96,7 +96,7 @@ def subtract_records(watch: common.Stopwatch, classifier: F.SplitModel, records:
 def ir(grant: Grant, cfg: Config, key: jax.Array,
        settings: IRSettings | None = None) -> tuple[F.SplitModel, dict]:
   """Amnesiac unlearning followed by a repair on the retained data."""
-  s = settings or common.by_preset(cfg, PRESETS, REFERENCE)
+  s = settings or common.by_preset(cfg, PRESETS, REFERENCE, method="ir")
   watch = common.Stopwatch()
   records = rec_lib.check_records(grant.records)
   forget = list(grant.forget)
@@ -118,7 +118,7 @@ def ir(grant: Grant, cfg: Config, key: jax.Array,
 def ir_relabel(grant: Grant, cfg: Config, key: jax.Array,
                settings: IRSettings | None = None) -> tuple[F.SplitModel, dict]:
   """Fine-tunes on the training split with the forgotten labels randomised."""
-  s = settings or common.by_preset(cfg, PRESETS, REFERENCE)
+  s = settings or common.by_preset(cfg, PRESETS, REFERENCE, method="ir_relabel")
   watch = common.Stopwatch()
   rng = common.host_rng(key)
   x, y = (np.asarray(a) for a in grant.all_data)

@@ -62,7 +62,7 @@ TUNING_SETTINGS = frozenset({
     "unlearn_rounds", "unlearn_lr", "stop_forget_prob", "retain_target", "forget_loss",
     "forget_margin", "sharpen_target", "sharpen_mode", "sharpen_step", "sharpen_steps",
     "proxies_per_class"})
-BASELINE_SETTINGS = frozenset({"baseline_setting"})
+BASELINE_SETTINGS = frozenset({"baseline_setting", "method_settings"})
 
 
 _FIELD_ACCESS = {"artifacts": Access.ARTIFACTS, "retained_data": Access.RETAINED_DATA,

@@ -92,7 +92,7 @@ def _sample(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
 def unrolling(grant: Grant, cfg: Config, key: jax.Array,
               settings: UnrollingSettings | None = None) -> tuple[F.SplitModel, dict]:
   """Incremental training with the forgotten data first, then the unrolled correction."""
-  s = settings or common.by_preset(cfg, PRESETS, REFERENCE)
+  s = settings or common.by_preset(cfg, PRESETS, REFERENCE, method="unrolling")
   watch = common.Stopwatch()
   rng = common.host_rng(key)
   records = rec_lib.check_records(grant.records) if s.train_correction else None

@@ -165,7 +165,7 @@ def _first_per_class(x, y, per_class: int):
 def unsir(grant: Grant, cfg: Config, key: jax.Array,
           settings: UNSIRSettings | None = None) -> tuple[F.SplitModel, dict]:
   """Noise per forgotten class, one impair epoch, one repair epoch (module docstring)."""
-  s = settings or common.by_preset(cfg, PRESETS, REFERENCE)
+  s = settings or common.by_preset(cfg, PRESETS, REFERENCE, method="unsir")
   watch = common.Stopwatch()
   model = grant.classifier
   k_noise, k_data = jax.random.split(key)
