@@ -45,12 +45,12 @@ def plain(value: Any) -> Any:
     return {str(k): plain(v) for k, v in value.items()}
   if isinstance(value, (list, tuple)):
     return [plain(v) for v in value]
-  if hasattr(value, "__array__") and np.ndim(value) > 0:
-    return [plain(v) for v in np.asarray(value).tolist()]
+  if hasattr(value, "__array__"):   # numpy and jax arrays and scalars, 0-d included
+    return plain(np.asarray(value).tolist())
   if isinstance(value, (bool, np.bool_)):
     return bool(value)
   if isinstance(value, numbers.Integral):
     return int(value)
-  if isinstance(value, numbers.Real) or hasattr(value, "__array__"):
+  if isinstance(value, numbers.Real):
     return round(float(value), 4)
   return value

@@ -63,6 +63,28 @@ def pure_leaves(state) -> dict:
           for p, v in jax.tree_util.tree_leaves_with_path(state)}
 
 
+def snapshot(*states) -> list[dict]:
+  """`pure_leaves` of every state, to check later that nothing changed them."""
+  return [pure_leaves(s) for s in states]
+
+
+def assert_unchanged(states, snapshots):
+  """Every state still holds exactly the leaves of its `snapshot`."""
+  for state, snap in zip(states, snapshots):
+    now = pure_leaves(state)
+    assert now.keys() == snap.keys()
+    for k in snap:
+      assert np.array_equal(now[k], snap[k]), f"{k} changed"
+
+
+def np_entropy(logits) -> np.ndarray:
+  """Softmax entropy of every row of `logits`, in float64 numpy (a reference)."""
+  logits = np.asarray(logits, np.float64)
+  logp = logits - logits.max(-1, keepdims=True)
+  logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
+  return -(np.exp(logp) * logp).sum(-1)
+
+
 def assert_trees_identical(a, b):
   la, lb = pure_leaves(a), pure_leaves(b)
   assert la.keys() == lb.keys()

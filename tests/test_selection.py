@@ -1,4 +1,8 @@
-"""The `random` supervision selection (Table 10's control): uniform, reproducible, wired in.
+"""Supervision sample selection (§4.4): `geniu_jax/geniu/selection.py`.
+
+The entropy rules (per-class top-B on hand-made logits and against a numpy
+brute force, batch merging, prompt order) and the `random` rule (Table 10's
+control): uniform, reproducible, wired into training.
 
     python -m pytest tests/test_selection.py -q    # ~1 min on 2 busy CPU cores
 """
@@ -14,8 +18,12 @@ from geniu_jax.config import get_config
 from geniu_jax.geniu import selection as sel
 from geniu_jax.geniu import train as train_lib
 from geniu_jax.geniu.losses import batch_entropy
+from geniu_jax.models import functional as F
 
-from conftest import TINY_B, TINY_K, TINY_LOWERING, TINY_SHAPE, TINY_WIDTH, normal, replace_leaf
+from conftest import (TINY_B, TINY_K, TINY_LOWERING, TINY_SHAPE, TINY_WIDTH, normal,
+                      np_entropy, replace_leaf)
+
+_logits = jax.jit(F.classifier_logits, static_argnums=0)
 
 
 def test_random_scores_are_uniform_and_ignore_the_entropy():
@@ -123,3 +131,113 @@ def test_training_draws_reproducibly_from_the_seed(chosen_indices, source):
   assert len(again) == len(first)
   for a, b in zip(first, again):
     np.testing.assert_array_equal(a, b)
+
+
+# --- supervision sample selection (§4.4) ------------------------------------------
+
+# Hand-made logits c * onehot(label): the smaller c, the higher the entropy.
+# (dataset index, label, c). Class 2 has a single sample (fewer than B=2).
+_HAND = [(10, 0, 1.0), (11, 0, 3.0), (12, 0, 0.5), (13, 1, 2.0), (14, 1, 0.2),
+         (15, 2, 5.0), (16, 1, 4.0)]
+
+
+def _hand_batch():
+  idx = np.array([h[0] for h in _HAND], np.int32)
+  labels = np.array([h[1] for h in _HAND], np.int32)
+  logits = np.stack([c * np.eye(3)[y] for _, y, c in _HAND]).astype(np.float32)
+  return jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(idx)
+
+
+
+@pytest.mark.parametrize("rule,expected", [
+    ("max_entropy", [[12, 10], [14, 13], [15, -1]]),
+    ("min_entropy", [[11, 10], [16, 13], [15, -1]]),
+])
+def test_topb_on_hand_made_logits(rule, expected):
+  logits, labels, idx = _hand_batch()
+  scores = sel.selection_scores(logits, rule)
+  ent = np_entropy(logits)
+  np.testing.assert_allclose(scores, ent if rule == "max_entropy" else -ent, rtol=1e-5)
+  topb = sel.update_topb(sel.init_topb(3, 2), scores, labels, idx)
+  np.testing.assert_array_equal(topb.indices, expected)
+  assert topb.scores[2, 1] == -np.inf and np.all(np.isfinite(topb.scores[:2]))
+  # Scores come sorted best first.
+  assert np.all(np.diff(np.asarray(topb.scores[:2]), axis=1) <= 0)
+  # Prompt order: prompt i -> class i % K, rank i // K; a short class repeats its best.
+  e = np.array(expected)
+  np.testing.assert_array_equal(sel.supervision_indices(topb),
+                                [e[0, 0], e[1, 0], e[2, 0], e[0, 1], e[1, 1], e[2, 0]])
+  # B=1 keeps only the best sample of every class.
+  top1 = sel.update_topb(sel.init_topb(3, 1), scores, labels, idx)
+  np.testing.assert_array_equal(top1.indices[:, 0], e[:, 0])
+  np.testing.assert_array_equal(sel.supervision_indices(top1), e[:, 0])
+
+
+def test_update_topb_two_batches_equal_one_merge_of_their_concatenation():
+  rng = np.random.default_rng(0)
+  k, b = 4, 3
+  scores = jnp.asarray(rng.standard_normal(23), jnp.float32)
+  labels = jnp.asarray(rng.integers(0, k, 23), jnp.int32)
+  idx = jnp.asarray(rng.permutation(1000)[:23], jnp.int32)
+  two = sel.update_topb(sel.init_topb(k, b), scores[:9], labels[:9], idx[:9])
+  two = sel.update_topb(two, scores[9:], labels[9:], idx[9:])
+  one = sel.update_topb(sel.init_topb(k, b), scores, labels, idx)
+  np.testing.assert_array_equal(two.indices, one.indices)
+  np.testing.assert_array_equal(two.scores, one.scores)
+  # And both are the per-class top-B of a brute force.
+  for c in range(k):
+    members = np.flatnonzero(np.asarray(labels) == c)
+    best = members[np.argsort(-np.asarray(scores)[members])][:b]
+    want = np.full(b, -1)
+    want[:len(best)] = np.asarray(idx)[best]
+    np.testing.assert_array_equal(one.indices[c], want)
+
+
+def test_supervision_indices_order():
+  k, b = 3, 2
+  indices = jnp.array([[100 * c + r for r in range(b)] for c in range(k)], jnp.int32)
+  topb = sel.TopB(jnp.zeros((k, b)), indices)
+  got = np.asarray(sel.supervision_indices(topb))
+  assert got.tolist() == [0, 100, 200, 1, 101, 201]
+  for i, v in enumerate(got):
+    assert v == indices[i % k, i // k]
+
+
+@pytest.mark.parametrize("rule", ["max_entropy", "min_entropy"])
+def test_select_by_pass_matches_numpy_brute_force(tiny_classifier, rule):
+  cls = tiny_classifier
+  # Spread the softmax so entropies are well separated (no near-ties).
+  kernel = np.asarray(cls.params["head"]["kernel"][...]) * 20.0
+  params = replace_leaf(cls.params, "['head']['kernel']", kernel)
+  clf = (cls.graphdef, params, cls.stats)
+  n, b = 37, TINY_B
+  x = normal(5, (n, *TINY_SHAPE))
+  y = np.random.default_rng(6).integers(0, TINY_K - 1, n).astype(np.int32)
+  y[20] = TINY_K - 1   # the last class has a single sample (fewer than B)
+
+  topb = sel.select_by_pass(clf, x, jnp.asarray(y), TINY_K, b, rule, batch_size=8)
+
+  ent = np_entropy(_logits(cls.graphdef, params, cls.stats, x))
+  score = ent if rule == "max_entropy" else -ent
+  for c in range(TINY_K):
+    members = np.flatnonzero(y == c)
+    best = members[np.argsort(-score[members], kind="stable")][:b]
+    want = np.full(b, -1)
+    want[:len(best)] = best
+    np.testing.assert_array_equal(topb.indices[c], want, err_msg=f"class {c}")
+    np.testing.assert_allclose(topb.scores[c, :len(best)], score[best], rtol=1e-4,
+                               atol=1e-5)
+  assert np.asarray(topb.indices).max() < n   # padding rows are never selected
+
+
+def test_min_entropy_picks_the_opposite_of_max_entropy(tiny_classifier):
+  cls = tiny_classifier
+  clf = (cls.graphdef, cls.params, cls.stats)
+  x = normal(7, (12, *TINY_SHAPE))
+  y = jnp.zeros(12, jnp.int32)    # one class, B=1: argmax vs argmin of entropy
+  hi = sel.select_by_pass(clf, x, y, TINY_K, 1, "max_entropy", batch_size=12)
+  lo = sel.select_by_pass(clf, x, y, TINY_K, 1, "min_entropy", batch_size=12)
+  ent = np_entropy(_logits(cls.graphdef, cls.params, cls.stats, x))
+  assert int(hi.indices[0, 0]) == int(np.argmax(ent))
+  assert int(lo.indices[0, 0]) == int(np.argmin(ent))
+  assert int(hi.indices[0, 0]) != int(lo.indices[0, 0])
