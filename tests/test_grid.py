@@ -295,3 +295,10 @@ def test_main_rejects_bad_arguments(capsys):
     assert err.value.code == 2
   assert grid_main.main(get_config, [], ["--workdir", "/tmp/unused-grid"]) == 2
   assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_restrict_to_seeds(tiny_source):
+  cfg = tiny_config(tiny_source).replace(seeds=(0, 1, 2))
+  assert grid_main.restrict(cfg, None, None, [2, 0]).seeds == (0, 2)
+  with pytest.raises(ValueError, match="unknown seeds"):
+    grid_main.restrict(cfg, None, None, [5])

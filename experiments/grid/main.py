@@ -39,8 +39,14 @@ def _parse_sources(items: Sequence[str]) -> dict[str, str]:
 
 
 def restrict(cfg: spec_lib.GridConfig, datasets: Sequence[str] | None,
-             methods: Sequence[str] | None) -> spec_lib.GridConfig:
-  """The config limited to some datasets / method labels (unknown names raise)."""
+             methods: Sequence[str] | None, seeds: Sequence[int] | None = None
+             ) -> spec_lib.GridConfig:
+  """The config limited to some datasets / method labels / seeds (unknown ones raise)."""
+  if seeds:
+    bad = sorted(set(seeds) - set(cfg.seeds))
+    if bad:
+      raise ValueError(f"unknown seeds {bad}; this experiment has {list(cfg.seeds)}")
+    cfg = cfg.replace(seeds=tuple(s for s in cfg.seeds if s in seeds))
   if datasets:
     known = [n for n, _ in cfg.datasets]
     bad = sorted(set(datasets) - set(known))
@@ -67,6 +73,9 @@ def main(get_config: Callable[[str], spec_lib.GridConfig],
                  help="where a dataset's files are, e.g. mnist=idx:/data/mnist")
   p.add_argument("--datasets", nargs="*", help="run only these datasets")
   p.add_argument("--methods", nargs="*", help="run only these method labels")
+  # (Modules built on `grid.tables` read --seeds themselves, as a replacement.)
+  p.add_argument("--seeds", type=int, nargs="*", dest="only_seeds",
+                 help="run only these of the config's seeds")
   p.add_argument("--originals", help="directory of original models (default WORKDIR/originals)")
   p.add_argument("--existing-originals", action="store_true",
                  help="skip cells whose original is not trained yet (train no original)")
@@ -79,13 +88,14 @@ def main(get_config: Callable[[str], spec_lib.GridConfig],
   p.add_argument("--report", action="store_true", help="write the report; train nothing")
   compile_cache.add_flag(p)
   args = p.parse_args(argv)
-  if args.prune and (args.datasets or args.methods):
-    p.error("--prune reads the whole config: drop --datasets and --methods")
+  only_seeds = args.only_seeds
+  if args.prune and (args.datasets or args.methods or only_seeds):
+    p.error("--prune reads the whole config: drop --datasets, --methods and --seeds")
   try:
     cfg = get_config(args.config)
     shard = spec_lib.parse_shard(args.shard)
     sources = _parse_sources(args.data)
-    cfg = restrict(cfg, args.datasets, args.methods)
+    cfg = restrict(cfg, args.datasets, args.methods, only_seeds)
   except ValueError as err:
     p.error(str(err))
   try:
