@@ -13,9 +13,12 @@ B' < B) uses the first B' ranks of each class: one trained original serves
 every B' <= B.
 
 One jitted program per (graphdefs, setting) -- `program`, a bounded cache --
-compiled ahead of time and timed apart from the run (`common.Stopwatch`);
-`warm` compiles it right after training, so that with the persistent
-compilation cache the first request loads it instead of compiling.
+compiled ahead of time and timed apart from the run (`common.Stopwatch`).
+`warm`, run right after training, also exports it (`methods.exported`) and
+compiles it, so that with the persistent compilation cache on, a later
+request in a new process neither traces nor compiles the program: it
+deserialises it and loads the executable (the report's `program` says which
+way it went).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from geniu_jax.geniu import prompts as prompt_lib
 from geniu_jax.geniu import sharpen as sharpen_lib
 from geniu_jax.geniu import unlearn as unlearn_lib
 from geniu_jax.methods import common
+from geniu_jax.methods import exported as exported_lib
 from geniu_jax.methods.registry import TUNING_SETTINGS, Access, Artifacts, Grant, register
 from geniu_jax.models import functional as F
 
@@ -67,12 +71,19 @@ def program_args(classifier: F.SplitModel, generator: F.SplitModel, prompts, for
 
 
 def warm(classifier: F.SplitModel, generator: F.SplitModel, cfg: Config, prompts) -> float:
-  """Compiles the program of a one-class request (into the persistent cache,
-  when one is on). Returns the compile time in ms."""
-  fn = _program_for(classifier, generator, cfg)
+  """Exports and compiles the program of a one-class request (into the
+  persistent cache and beside it, when the cache is on). Returns the ms spent."""
   watch = common.Stopwatch()
-  watch.compiled(fn, *program_args(classifier, generator, prompts, [0], ()))
-  return watch.compile_s * 1e3
+  args = program_args(classifier, generator, prompts, [0], ())
+  fn = _program_for(classifier, generator, cfg)
+  name = exported_lib.key(cfg, setting(cfg), args)
+  if exported_lib.save(fn, args, name) is not None:
+    flat, _ = exported_lib.load(name)
+    if flat is not None:
+      watch.compiled(flat, *exported_lib.flat_args(args))
+      return (watch.report()["unlearn_ms"] + watch.report()["compile_ms"])
+  watch.compiled(fn, *args)
+  return watch.report()["unlearn_ms"] + watch.report()["compile_ms"]
 
 
 def proxy_checks(info: unlearn_lib.TuningInfo) -> dict:
@@ -104,14 +115,19 @@ def geniu(grant: Grant, cfg: Config, key: jax.Array) -> tuple[F.SplitModel, dict
   prompts = jnp.asarray(artifacts.prompts)
   stored = prompts.shape[0] // with_prompts
   prompts = prompt_lib.first_ranks(prompts, with_prompts, min(cfg.proxies_per_class, stored))
-  fn = _program_for(grant.classifier, artifacts.generator, cfg)
-  params, info = jax.block_until_ready(watch.run(
-      fn, *program_args(grant.classifier, artifacts.generator, prompts, forget, dropped)))
+  args = program_args(grant.classifier, artifacts.generator, prompts, forget, dropped)
+  flat, how = exported_lib.load(exported_lib.key(cfg, setting(cfg), args))
+  if flat is not None:
+    outputs = jax.block_until_ready(watch.run(flat, *exported_lib.flat_args(args)))
+    params, info = exported_lib.unflatten(grant.classifier.params, outputs)
+  else:
+    fn = _program_for(grant.classifier, artifacts.generator, cfg)
+    params, info = jax.block_until_ready(watch.run(fn, *args))
   objective = unlearn_lib.objective_from_config(cfg)
   report = {"rounds_run": int(info.rounds_run), **proxy_checks(info),
             "forget_prob_trace": np.asarray(info.forget_prob[::10]).tolist(),
             "retain_proxy_acc_trace": np.asarray(info.retain_proxy_acc[::10]).tolist(),
             "proxies": int(prompts.shape[0]), "objective": objective._asdict(),
             "sharpen_target": cfg.sharpen_target, "sharpen_mode": cfg.sharpen_mode,
-            "precision": cfg.precision, **watch.report()}
+            "precision": cfg.precision, "program": how, **watch.report()}
   return F.SplitModel(grant.classifier.graphdef, params, grant.classifier.stats), report
