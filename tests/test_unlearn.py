@@ -370,3 +370,24 @@ class HandComputedObjectivesTest(chex.TestCase):
     got = self.variant(loss)(logits, jnp.array([0, 2], jnp.int32), jnp.array([False, True]),
                              teacher, forgotten)
     np.testing.assert_allclose(got, _LOG3 + _LOG2, rtol=1e-6)
+
+
+def test_tuning_step_takes_the_objective_of_the_main_loop(tiny_classifier):
+  """One `tuning_step` with the teacher/margin objective is the first round of
+  `in_batch_tuning` with it (same loss code, `loss_from_logits`)."""
+  c = tiny_classifier
+  proxies = normal(5, (6, *TINY_SHAPE))
+  labels = jnp.array([0, 1, 2, 3, 3, 2], jnp.int32)
+  forget = jnp.array([3], jnp.int32)
+  objective = unlearn_lib.Objective("teacher", "margin", 2.0)
+  mask, forgotten, teacher = unlearn_lib._tuning_targets(c.params, c.graphdef, c.stats,
+                                                         proxies, labels, forget, objective)
+  opt = optax.adam(1e-3)
+  stepped, _, loss = unlearn_lib.tuning_step(
+      c.params, opt.init(c.params), c.graphdef, c.stats, proxies, labels, mask, opt,
+      objective=objective, teacher=teacher, forgotten=forgotten)
+  looped, info = unlearn_lib.in_batch_tuning(c.params, c.graphdef, c.stats, proxies, labels,
+                                             forget, rounds=1, lr=1e-3, objective=objective)
+  np.testing.assert_allclose(loss, info.loss[0], rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(stepped), jax.tree.leaves(looped)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)

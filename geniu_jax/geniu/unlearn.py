@@ -130,14 +130,14 @@ def margin_loss(logits: jax.Array, labels: jax.Array, forgotten: jax.Array,
   return jax.nn.softplus(margin + own - others)
 
 
-def loss_from_logits(logits: jax.Array, labels: jax.Array, forget_mask: jax.Array,
-                     ce_floor: float = CE_FLOOR, *, objective: Objective = EQ10,
-                     teacher: jax.Array | None = None,
-                     forgotten: jax.Array | None = None) -> jax.Array:
-  """Eq. 10 on given logits: sum_{retained} CE + sum_{forgotten} 1/CE.
+def proxy_losses(logits: jax.Array, labels: jax.Array, ce_floor: float = CE_FLOOR, *,
+                 objective: Objective = EQ10, teacher: jax.Array | None = None,
+                 forgotten: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """Per proxy ([M] each): (the retained term, the forgotten term) of `objective`.
 
-  With another `objective`, `teacher` ([M, K] targets, for `retain="teacher"`)
-  and `forgotten` ([K] mask, for `forget="margin"`) must be given.
+  Eq. 10: (CE, 1/CE). With another `objective`, `teacher` ([M, K] targets,
+  for `retain="teacher"`) and `forgotten` ([K] mask, for `forget="margin"`)
+  must be given.
   """
   ce = batch_cross_entropy(logits, labels)
   if objective.retain == "teacher":
@@ -150,6 +150,17 @@ def loss_from_logits(logits: jax.Array, labels: jax.Array, forget_mask: jax.Arra
     # 1/(CE + floor), not 1/max(CE, floor): a confidently-kept forgotten proxy
     # (CE below the floor) must still push its logits apart.
     gone = 1.0 / (ce + ce_floor)
+  return kept, gone
+
+
+def loss_from_logits(logits: jax.Array, labels: jax.Array, forget_mask: jax.Array,
+                     ce_floor: float = CE_FLOOR, *, objective: Objective = EQ10,
+                     teacher: jax.Array | None = None,
+                     forgotten: jax.Array | None = None) -> jax.Array:
+  """Eq. 10 on given logits: sum_{retained} CE + sum_{forgotten} 1/CE
+  (`proxy_losses` of `objective`, summed over the batch)."""
+  kept, gone = proxy_losses(logits, labels, ce_floor, objective=objective, teacher=teacher,
+                            forgotten=forgotten)
   return jnp.sum(jnp.where(forget_mask, gone, kept))
 
 
@@ -191,10 +202,16 @@ def _tuning_targets(params, graphdef, stats, proxies, labels, forget, objective)
 
 
 def tuning_step(params, opt_state, graphdef, stats, proxies: jax.Array, labels: jax.Array,
-                forget_mask: jax.Array, optimizer: optax.GradientTransformation):
-  """One round of in-batch tuning: an Adam step on Eq. 10. Returns (params, opt_state, loss)."""
-  loss, grads = jax.value_and_grad(in_batch_loss)(params, graphdef, stats, proxies, labels,
-                                                  forget_mask)
+                forget_mask: jax.Array, optimizer: optax.GradientTransformation, *,
+                objective: Objective = EQ10, teacher: jax.Array | None = None,
+                forgotten: jax.Array | None = None):
+  """One round of in-batch tuning: an optimizer step on `objective` (Eq. 10 by
+  default; the loss of `in_batch_tuning`, `loss_from_logits`).
+
+  Returns (params, opt_state, loss).
+  """
+  (loss, _), grads = jax.value_and_grad(_loss_and_logits, has_aux=True)(
+      params, graphdef, stats, proxies, labels, forget_mask, objective, teacher, forgotten)
   updates, opt_state = optimizer.update(grads, opt_state, params)
   return optax.apply_updates(params, updates), opt_state, loss
 

@@ -47,7 +47,6 @@ from geniu_jax.geniu import prompts as prompt_lib
 from geniu_jax.geniu import sharpen as sharpen_lib
 from geniu_jax.geniu import unlearn as unlearn_lib
 from geniu_jax.geniu.generator import make_proxies
-from geniu_jax.geniu.losses import batch_cross_entropy
 from geniu_jax.methods import common
 from geniu_jax.methods.registry import TUNING_SETTINGS, Access, Grant, register
 from geniu_jax.models import functional as F
@@ -56,20 +55,22 @@ from geniu_jax.models import functional as F
 def impair_repair(params, graphdef, stats, proxies: jax.Array, labels: jax.Array,
                   forget: jax.Array, *, rounds: int, lr: float,
                   ce_floor: float = unlearn_lib.CE_FLOOR):
-  """Impair (sum_f 1/CE) then repair (sum_r CE) on the proxies, `rounds` Adam rounds each.
+  """Impair (sum_f 1/CE) then repair (sum_r CE) on the proxies, `rounds` Adam rounds each:
+  the two terms of Eq. 10 (`unlearn.proxy_losses`), one after the other.
 
   Returns (params, (impair_losses [rounds], repair_losses [rounds])).
   """
   forget_mask = unlearn_lib.forget_mask_for(labels, forget)
 
-  def ce(p):
-    return batch_cross_entropy(F.classifier_logits(graphdef, p, stats, proxies), labels)
+  def terms(p):
+    logits = F.classifier_logits(graphdef, p, stats, proxies)
+    return unlearn_lib.proxy_losses(logits, labels, ce_floor)
 
   def impair_loss(p):
-    return jnp.sum(jnp.where(forget_mask, 1.0 / jnp.maximum(ce(p), ce_floor), 0.0))
+    return jnp.sum(jnp.where(forget_mask, terms(p)[1], 0.0))
 
   def repair_loss(p):
-    return jnp.sum(jnp.where(forget_mask, 0.0, ce(p)))
+    return jnp.sum(jnp.where(forget_mask, 0.0, terms(p)[0]))
 
   def phase(params, loss_fn):
     optimizer = optax.adam(lr)
