@@ -76,30 +76,10 @@ class Stopwatch:
             "timing": "wall minus AOT compile"}
 
 
-@functools.lru_cache(maxsize=16)
-def _init_program(module_cls, args: tuple, kwargs: tuple):
-  from flax import nnx
-
-  def build(rngs):
-    return module_cls(*args, rngs=rngs, **dict(kwargs))
-
-  graphdef = F.split(nnx.eval_shape(lambda: build(nnx.Rngs(params=0)))).graphdef
-  init = jax.jit(lambda kd: tuple(F.split(build(nnx.Rngs(params=jax.random.wrap_key_data(kd)))
-                                          )[1:]))
-  return graphdef, init
-
-
 def init_split(watch: "Stopwatch", module_cls, *args, key: jax.Array, **kwargs) -> F.SplitModel:
-  """`F.split(module_cls(*args, rngs=nnx.Rngs(params=key), **kwargs))`, initialised by
-  one jitted program (cached per module class and hashable arguments).
-
-  Eager NNX initialisation dispatches (and on CPU compiles) every init op on
-  its own, about 10 s for an AllCNN on a 2-core CPU; the jitted init compiles
-  once, and that counts as compilation.
-  """
-  graphdef, init = _init_program(module_cls, args, tuple(sorted(kwargs.items())))
-  params, stats = watch.run(init, jax.random.key_data(key))
-  return F.SplitModel(graphdef, params, stats)
+  """`models.functional.init_split`, its one jitted program compiled and run
+  by `watch` (so the compilation counts as compilation)."""
+  return F.init_split(module_cls, *args, key=key, run=watch.run, **kwargs)
 
 
 def by_preset(cfg: Config, table: dict[str, Any], reference: Any = None, *,

@@ -8,6 +8,7 @@ compose the steps in their own `jit`/`vmap`/`scan` code.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -32,50 +33,58 @@ def split(model: nnx.Module) -> SplitModel:
   return SplitModel(graphdef, params, stats)
 
 
-def _jitted_init(build, key: jax.Array) -> SplitModel:
-  """`split(build(key))`, initialised by ONE compiled program.
+@functools.lru_cache(maxsize=16)
+def init_program(module_cls, args: tuple, kwargs: tuple):
+  """(graphdef, jitted `key_data -> (params, stats)`) of
+  `module_cls(*args, rngs=nnx.Rngs(params=key), **dict(kwargs))`, cached by
+  the class and its (hashable) arguments.
 
   Eager NNX initialisation dispatches (and on CPU compiles) every init op on
-  its own: ~10 s for an AllCNN on a 2-core CPU, in every process. The graph
-  definition comes from an abstract (shape-only) build.
+  its own: ~10 s for an AllCNN on a 2-core CPU, in every process. One
+  compiled program does it all; the graph definition comes from an abstract
+  (shape-only) build.
   """
+  def build(key):
+    return module_cls(*args, rngs=nnx.Rngs(params=key), **dict(kwargs))
+
   graphdef = split(nnx.eval_shape(lambda: build(jax.random.key(0)))).graphdef
+  init = jax.jit(lambda kd: tuple(split(build(jax.random.wrap_key_data(kd))))[1:])
+  return graphdef, init
 
-  @jax.jit
-  def init(key):
-    model = split(build(key))
-    return model.params, model.stats
 
-  params, stats = init(key)
+def init_split(module_cls, *args, key: jax.Array, run=None, **kwargs) -> SplitModel:
+  """`split(module_cls(*args, rngs=nnx.Rngs(params=key), **kwargs))` through
+  `init_program`; `run(init, key_data)` runs the program (default: call it),
+  e.g. a `methods.common.Stopwatch.run` that times its compilation apart."""
+  graphdef, init = init_program(module_cls, tuple(args), tuple(sorted(kwargs.items())))
+  key_data = jax.random.key_data(key)
+  params, stats = init(key_data) if run is None else run(init, key_data)
   return SplitModel(graphdef, params, stats)
 
 
-def _allcnn_builder(num_classes: int, image_shape, width: float, lowering: str,
-                    precision: str):
-  dtype = None if precision == "float32" else jnp.dtype(precision)
-  return lambda k: AllCNN(num_classes, image_shape[-1], width, lowering=lowering, dtype=dtype,
-                          rngs=nnx.Rngs(params=k))
+def _dtype(precision: str):
+  return None if precision == "float32" else jnp.dtype(precision)
 
 
 def make_classifier(num_classes: int, image_shape, width: float, lowering: str,
                     key: jax.Array, precision: str = "float32") -> SplitModel:
   """An initialised AllCNN; `precision` is its compute dtype (`Config.precision`)."""
-  return _jitted_init(_allcnn_builder(num_classes, image_shape, width, lowering, precision),
-                      key)
+  return init_split(AllCNN, num_classes, image_shape[-1], width, key=key, lowering=lowering,
+                    dtype=_dtype(precision))
 
 
 def classifier_graphdef(num_classes: int, image_shape, width: float, lowering: str,
                         precision: str = "float32"):
   """The graph definition of `make_classifier(...)` alone (nothing is initialised):
   with it, a classifier's parameters run in another precision or lowering."""
-  build = _allcnn_builder(num_classes, image_shape, width, lowering, precision)
-  return split(nnx.eval_shape(lambda: build(jax.random.key(0)))).graphdef
+  return init_program(AllCNN, (num_classes, image_shape[-1], width),
+                      tuple(sorted({"lowering": lowering,
+                                    "dtype": _dtype(precision)}.items())))[0]
 
 
 def make_generator(image_shape, latent_dim: int | None, lowering: str,
                    key: jax.Array) -> SplitModel:
-  return _jitted_init(lambda k: VAE(tuple(image_shape), latent_dim, lowering=lowering,
-                                    rngs=nnx.Rngs(params=k)), key)
+  return init_split(VAE, tuple(image_shape), latent_dim, key=key, lowering=lowering)
 
 
 def classifier_apply(graphdef, params: Params, stats: Stats, x: jax.Array,
