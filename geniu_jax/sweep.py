@@ -294,14 +294,12 @@ def _train_group(cfg: Config, x_train: np.ndarray, y_train: np.ndarray, num_clas
     topb = jax.tree.map(lambda a: jnp.broadcast_to(a, (s_count, *a.shape)),
                         sel_lib.init_topb(num_classes, cfg.proxies_per_class))
     orders = np.stack([r.permutation(n)[: steps * batch].reshape(steps, batch) for r in rngs])
-    loss_sum = correct_sum = 0.0
-    for i in range(steps):
-      cstate, topb, _, loss, correct = step(cstate, topb, None, x_all, y_all,
-                                            jnp.asarray(orders[:, i], jnp.int32))
-      loss_sum, correct_sum = loss_sum + loss, correct_sum + correct
+    # [steps, seeds, batch]: step i of every seed in one vmapped call.
+    cstate, topb, _, sums = train_lib.classifier_epoch(step, cstate, topb, None, x_all, y_all,
+                                                       orders.transpose(1, 0, 2))
     rows = [{"epoch": epoch + 1, "loss": float(l) / steps,
              "train_acc": float(c) / (steps * batch)}
-            for l, c in zip(np.asarray(loss_sum), np.asarray(correct_sum))]
+            for l, c in zip(np.asarray(sums.loss), np.asarray(sums.correct))]
     if geniu:
       noise = jax.vmap(lambda k: jax.random.fold_in(k, epoch))(stacked("vae_noise"))
       prompts, gen_state, p_loss, ok, rec = aux((graphdef, cstate.params, cstate.stats),

@@ -143,6 +143,40 @@ def make_train_step(graphdef, optimizer, selection: str | None,
   return jax.jit(train_step, donate_argnums=(0, 1, 2))
 
 
+class EpochSums(NamedTuple):
+  """What one classifier epoch adds up (per run, when the step is vmapped).
+
+  Attributes:
+    loss: sum of the batches' mean losses.
+    correct: correctly classified training samples.
+    counts: [K] argmax predictions per class, when the step reports them
+      (`make_train_step(..., num_classes)`), else None.
+  """
+  loss: Any
+  correct: Any
+  counts: Any
+
+
+def classifier_epoch(train_step: Callable, cstate, topb, records, x_all, y_all,
+                     order: np.ndarray) -> tuple[Any, Any, Any, EpochSums]:
+  """One epoch of classifier steps over `order` ([steps, ...] batch indices:
+  [steps, batch] for one run, [steps, runs, batch] for a vmapped step), the
+  batches gathered on the device from `x_all`, `y_all`. The one epoch loop of
+  `train` and of the vmapped multi-run trainer (`geniu_jax.sweep`).
+
+  Returns (cstate, topb, records, EpochSums).
+  """
+  loss_sum = correct_sum = 0.0
+  counts_sum = None
+  for batch_idx in order:
+    out = train_step(cstate, topb, records, x_all, y_all, jnp.asarray(batch_idx, jnp.int32))
+    cstate, topb, records, loss, correct = out[:5]
+    loss_sum, correct_sum = loss_sum + loss, correct_sum + correct
+    if len(out) > 5:
+      counts_sum = out[5] if counts_sum is None else counts_sum + out[5]
+  return cstate, topb, records, EpochSums(loss_sum, correct_sum, counts_sum)
+
+
 def make_aux_epoch(cfg: Config, cls_graphdef, gen_graphdef, num_classes: int,
                    prompt_opt, gen_opt) -> Callable:
   """Prompts, gate, selection and generator of one epoch as one jitted function."""
@@ -292,16 +326,11 @@ def _train(cfg: Config, x_train: np.ndarray, y_train: np.ndarray, num_classes: i
     t0 = time.perf_counter()
     topb = sel_lib.init_topb(num_classes, cfg.proxies_per_class)
     order = shuffle_rng.permutation(n)[: steps_per_epoch * batch].reshape(steps_per_epoch, batch)
-    loss_sum = correct_sum = 0.0
-    last_epoch = epoch == cfg.epochs - 1
-    for batch_idx in order:
-      cstate, topb, records, loss, correct, counts = train_step(
-          cstate, topb, records, x_all, y_all, jnp.asarray(batch_idx, jnp.int32))
-      loss_sum, correct_sum = loss_sum + loss, correct_sum + correct
-      if last_epoch:   # only the trained classifier's predictions are checked
-        last_counts = counts if last_counts is None else last_counts + counts
-    row = {"epoch": epoch + 1, "loss": float(loss_sum) / steps_per_epoch,
-           "train_acc": float(correct_sum) / (steps_per_epoch * batch)}
+    cstate, topb, records, sums = classifier_epoch(train_step, cstate, topb, records, x_all,
+                                                   y_all, order)
+    last_counts = sums.counts   # the last epoch's: only the trained classifier is checked
+    row = {"epoch": epoch + 1, "loss": float(sums.loss) / steps_per_epoch,
+           "train_acc": float(sums.correct) / (steps_per_epoch * batch)}
     if plateau:
       row["lr"] = float(cstate.opt_state.hyperparams["learning_rate"])
       row["val_loss"] = opt_lib.validation_loss(
