@@ -26,14 +26,11 @@ every forgotten sample gets a uniformly random retained-class label (the
 Amnesiac notebooks' `unlearningdata`).
 
 Which one matches the paper's I-R row (F-MNIST: Acc_r 0.8368, above both the
-original 0.8057 and the retrained 0.816; Acc_f 0)? Relabelling. Measured with
-`experiments.table1 --preset paper` on full Fashion-MNIST, class 9 forgotten,
-seed 0 (one H100): original 0.877 / 0.986 (Acc_r / Acc_f), retrain
-0.891 / 0.0, `ir` 0.429 / 0.0 (all 880 batches held class 9, so the
-subtraction lands on w_0 and one repair epoch is a short retraining),
-`ir_relabel` 0.871 / 0.001. Amnesiac unlearning cannot come near the original
-here unless its repair is as long as retraining; relabelling keeps the
-trained features and only removes the forgotten class.
+original 0.8057 and the retrained 0.816; Acc_f 0)? Relabelling, on the
+`paper` preset (`experiments/results/table1_h100/README.md`): when every
+batch of the run held a forgotten sample, the subtraction lands on w_0 and
+one repair epoch is a short retraining, while relabelling keeps the trained
+features and only removes the forgotten class.
 """
 
 from __future__ import annotations
