@@ -3,11 +3,18 @@
 Everything here is deliberately small (width 0.0625, 8x8 images, K=4, B=2) so
 that the suite runs in minutes on two CPU cores; compilation dominates, so the
 native conv lowering is used where the lowering is not under test.
+
+The unlearning methods' tests (test_registry.py, test_geniu_unlearning.py,
+test_geniu_variants.py, test_gkt.py, test_unsir.py, test_ir.py,
+test_unrolling.py, and parts of test_records.py and test_cli.py) share one
+`smoke` model, trained once per session, and the helpers `FORGET`, `unlearn`
+and `restore_works`.
 """
 
 from __future__ import annotations
 
 import os
+import types
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +24,10 @@ from flax import nnx
 
 from geniu_jax import checkpoint as ckpt_lib
 from geniu_jax import compile_cache
+from geniu_jax import runs
 from geniu_jax.config import get_config
+from geniu_jax.geniu import train as train_lib
+from geniu_jax.methods import records, registry
 from geniu_jax.models import functional as F
 
 @pytest.fixture(scope="session", autouse=True)
@@ -178,3 +188,47 @@ def tiny10(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def originals(tmp_path_factory):
   return tmp_path_factory.mktemp("originals")
+
+
+# --- the unlearning methods' smoke model ----------------------------------------
+#
+# One tiny smoke model (embedded Fashion-MNIST subset, class 9 the majority,
+# trained with GENIU's training phase and the baseline recorder), trained once
+# per session and shared by the methods' tests; they must not mutate it. The
+# native conv lowering is used because at the smoke width it runs as fast as
+# the patches lowering and compiles about twice as fast, and compilation
+# dominates these tests.
+
+FORGET = (9,)
+
+
+@pytest.fixture(scope="session")
+def smoke():
+  cfg = get_config("smoke", lowering="native")
+  data = runs.prepare_data("embedded", [9], cfg.imbalance, cfg.seed, log=None)
+  result = train_lib.train(cfg, data.x_train, data.y_train, data.num_classes,
+                           recorder=records.default_recorder(), log=None)
+  before = runs.evaluate(result.classifier, data.x_test, data.y_test, data.num_classes, FORGET)
+  available = registry.inputs_from(data.x_train, data.y_train, FORGET,
+                                   artifacts=(result.generator, result.prompts),
+                                   records=result.records)
+  return types.SimpleNamespace(cfg=cfg, data=data, result=result, before=before,
+                               available=available)
+
+
+def unlearn(smoke, name: str, key: int = 0):
+  model, info = registry.run_method(
+      name, smoke.cfg, jax.random.key(key), classifier=smoke.result.classifier,
+      forget=FORGET, num_classes=smoke.data.num_classes,
+      image_shape=smoke.data.x_train.shape[1:], **smoke.available)
+  after = runs.evaluate(model, smoke.data.x_test, smoke.data.y_test, smoke.data.num_classes,
+                        FORGET)
+  return model, info, after
+
+
+def restore_works(path) -> bool:
+  try:
+    params = ckpt_lib.restore(path).classifier.params
+  except Exception:  # noqa: BLE001 -- any failure means the CLI test cannot run
+    return False
+  return isinstance(params, nnx.State)

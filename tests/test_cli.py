@@ -2,7 +2,8 @@
 
 Commands run in-process through `geniu_jax.cli.main`; one subprocess checks the
 real exit status of `python -m geniu_jax.cli`. The smoke-trained checkpoint is
-trained once per module.
+trained once per module; `geniu unlearn --method NAME` (baselines, records)
+runs on checkpoints of the shared smoke model (conftest's `smoke`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from geniu_jax.config import Config
 from geniu_jax.geniu import train as train_lib
 from geniu_jax.models import functional as F
 
-from conftest import assert_trees_identical, pure_leaves
+from conftest import assert_trees_identical, pure_leaves, restore_works
 
 REPO = Path(__file__).resolve().parents[1]
 ALL_CLASSES = [str(k) for k in range(10)]
@@ -659,3 +660,30 @@ def test_unlearn_refuses_a_bad_set(capsys, tmp_path, method, item, contains):
   rc, _, err = run_cli(capsys, "unlearn", "--ckpt", tmp_path / "missing", "--forget", "9",
                        "--method", method, "--set", item, "--out", out)
   assert_usage_error(rc, err, out, contains=contains)
+
+
+# --- geniu unlearn --method NAME ------------------------------------------------
+
+
+def test_cli_unlearn(smoke, tmp_path, capsys):
+  res = smoke.result
+  meta = ckpt_lib.make_metadata(smoke.cfg, source="embedded", image_shape=(28, 28, 1),
+                                num_classes=10, majority=[9])
+  ckpt_lib.save(tmp_path / "ck", res.classifier, res.generator, res.prompts, meta,
+                records=res.records)
+  ckpt_lib.save(tmp_path / "bare", res.classifier, None, None, meta)
+  if not restore_works(tmp_path / "ck"):
+    pytest.skip("checkpoint.restore does not rebuild the classifier "
+                "(nnx.replace_by_pure_dict works in place in flax 0.12)")
+  assert cli.main(["unlearn", "--ckpt", str(tmp_path / "ck"), "--forget", "9",
+                   "--method", "unrolling", "--out", str(tmp_path / "out"), "--json"]) == 0
+  report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert report["method"] == "unrolling" and report["forget"] == [9]
+  assert report["unlearn_ms"] > 0 and report["compile_ms"] >= 0
+  unlearned = ckpt_lib.restore(tmp_path / "out")
+  assert unlearned.metadata["unlearned"]["method"] == "unrolling"
+  assert cli.main(["unlearn", "--ckpt", str(tmp_path / "bare"), "--forget", "9",
+                   "--method", "ir", "--out", str(tmp_path / "out2")]) == 2
+  assert "--record-baselines" in capsys.readouterr().err
+  assert cli.main(["unlearn", "--ckpt", str(tmp_path / "ck"), "--forget", "9",
+                   "--method", "nope", "--out", str(tmp_path / "out3")]) == 2

@@ -3,7 +3,10 @@
 `BaselineRecorder.init` / `update` on the tiny classifier with hand-made
 updates and gradients (per-class update sums for I-R / Amnesiac, the first
 batch's class share of the gradient for Unrolling SGD), eagerly and under
-jit; the tree <-> State conversion, class slices, validation and size.
+jit; the tree <-> State conversion, class slices, validation and size. On the
+shared smoke model (conftest's `smoke`, trained with the default recorder):
+the records hold every batch of the majority, and round-trip through a
+checkpoint.
 """
 
 from __future__ import annotations
@@ -13,7 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from geniu_jax import checkpoint as ckpt_lib
+from geniu_jax.methods import records
 from geniu_jax.methods import records as rec_lib
+from geniu_jax.models import functional as F
 
 from conftest import TINY_K, assert_unchanged, pure_leaves, randomize, snapshot
 
@@ -104,3 +110,44 @@ def test_check_records_and_record_bytes(tiny_classifier):
   # Two float32 [K, ...params] trees, two int32 [K] vectors and an int32 counter.
   p = sum(np.size(a) for a in jax.tree.leaves(rec_lib.state_to_tree(tiny_classifier.params)))
   assert rec_lib.record_bytes(records) == 8 * TINY_K * p + 4 * (2 * TINY_K + 1)
+
+
+# --- records of the smoke model --------------------------------------------------
+
+
+def test_records_hold_every_batch_of_the_majority(smoke):
+  rec = records.check_records(smoke.result.records)
+  n = len(smoke.data.y_train)
+  steps = smoke.cfg.epochs * (n // smoke.cfg.batch_size)
+  assert int(rec["steps"]) == steps
+  assert int(rec["ir_batches"][9]) == steps  # the majority is in every batch
+  assert np.all(np.asarray(rec["unroll_step"]) >= 0)
+  # Every batch held class 9, so subtracting its updates gives back w_0.
+  cfg = smoke.cfg
+  init_key = jax.random.split(jax.random.key(cfg.seed), 5)[0]
+  w0 = F.make_classifier(10, smoke.data.x_train.shape[1:], cfg.width, cfg.lowering, init_key)
+  final = records.state_to_tree(smoke.result.classifier.params)
+  back = jax.tree.map(lambda w, u: w - u[9], final, rec["ir_updates"])
+  for got, want in zip(jax.tree.leaves(back), jax.tree.leaves(records.state_to_tree(w0.params))):
+    np.testing.assert_allclose(got, want, atol=2e-5)
+  assert records.record_bytes(rec) == 8 * 10 * sum(
+      np.size(p) for p in jax.tree.leaves(smoke.result.classifier.params)) + 4 * 21
+
+
+def test_records_round_trip_through_checkpoint(smoke, tmp_path):
+  res = smoke.result
+  meta = ckpt_lib.make_metadata(smoke.cfg, source="embedded", image_shape=(28, 28, 1),
+                                num_classes=10, majority=[9])
+  ckpt_lib.save(tmp_path / "ck", res.classifier, res.generator, res.prompts, meta,
+                records=res.records)
+  restored = records.check_records(ckpt_lib.restore(tmp_path / "ck").records)
+  want = records.check_records(res.records)
+  assert jax.tree.structure(restored) == jax.tree.structure(want)
+  for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(want)):
+    np.testing.assert_array_equal(a, b)
+  like = smoke.result.classifier.params
+  tree = records.state_to_tree(like)
+  back = records.tree_to_state(tree, like)
+  assert jax.tree.structure(back) == jax.tree.structure(like)
+  with pytest.raises(ValueError, match="record-baselines"):
+    records.check_records({"something": 1})
