@@ -233,9 +233,11 @@ class Config:
     return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
   def to_dict(self) -> dict[str, Any]:
+    """JSON types (lists for tuples), as checkpoint metadata stores them."""
     d = dataclasses.asdict(self)
     if isinstance(d["imbalance"], tuple):
       d["imbalance"] = list(d["imbalance"])
+    d["method_settings"] = [list(pair) for pair in d["method_settings"]]
     return d
 
   @classmethod
