@@ -133,7 +133,7 @@ def training_cost(ctx: runner.Context) -> tuple[None, dict]:
   cfg, data, original = ctx.cfg, ctx.data, ctx.original
   if original.generator is None:
     raise ValueError("the original has no GENIU generator and prompts")
-  repeats = common.by_preset(cfg, REPEATS)
+  repeats = common.by_preset(cfg, REPEATS, method=None)
   num_classes = data.num_classes
   per_class = int(original.prompts.shape[0]) // num_classes
   x_all = jnp.asarray(data.x_train, jnp.float32)

@@ -11,8 +11,6 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-import numpy as np
-
 import jax
 
 from geniu_jax import runs

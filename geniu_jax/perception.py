@@ -143,8 +143,8 @@ def gkt_noise(classifier: F.SplitModel, forget, image_shape, cfg: Config, *, key
   (default `gkt.SAMPLE_BATCHES` by preset) are drawn from it. May be empty if
   the original classifies every sample as a forgotten class.
   """
-  s = settings or common.by_preset(cfg, gkt_lib.PRESETS)
-  batches = sample_batches or common.by_preset(cfg, gkt_lib.SAMPLE_BATCHES)
+  s = settings or common.by_preset(cfg, gkt_lib.PRESETS, method="gkt")
+  batches = sample_batches or common.by_preset(cfg, gkt_lib.SAMPLE_BATCHES, method=None)
   num_classes = _num_classes(classifier)
   k_train, k_sample = jax.random.split(key)
   run = gkt_lib.train_gkt(classifier, forget, num_classes, image_shape, cfg, key=k_train,
@@ -161,7 +161,7 @@ def gkt_noise(classifier: F.SplitModel, forget, image_shape, cfg: Config, *, key
 def unsir_noise(classifier: F.SplitModel, forget, image_shape, cfg: Config, *, key: jax.Array,
                 settings: unsir_lib.UNSIRSettings | None = None) -> MethodNoise:
   """UNSIR's error-maximising noise: it exists for the forgotten classes only."""
-  s = settings or common.by_preset(cfg, unsir_lib.PRESETS)
+  s = settings or common.by_preset(cfg, unsir_lib.PRESETS, method="unsir")
   noises, losses = unsir_lib.error_maximising_noise(classifier, tuple(forget), image_shape, s,
                                                     key=key)
   x = np.concatenate([n for n, _ in noises])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -13,7 +12,7 @@ from geniu_jax.config import Config
 from geniu_jax.geniu import optimizer as opt_lib
 from geniu_jax.geniu import train as train_lib
 
-from conftest import TINY_K, TINY_SHAPE
+from conftest import TINY_K
 from test_train_checks import quadrant_data, tiny_cfg
 
 
