@@ -232,3 +232,16 @@ def restore_works(path) -> bool:
   except Exception:  # noqa: BLE001 -- any failure means the CLI test cannot run
     return False
   return isinstance(params, nnx.State)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+  """After each test module: drop the process's compiled programs (JAX's
+  caches and the methods' executable cache). One pytest process compiles
+  thousands of programs; kept all session, their code mappings accumulate
+  until a late compile fails. Later modules reload what they need from the
+  persistent compilation cache."""
+  yield
+  from geniu_jax.methods import common
+  common.EXECUTABLES.clear()
+  jax.clear_caches()
