@@ -299,12 +299,12 @@ def run(cfg: spec_lib.GridConfig, workdir, *, shard: tuple[int, int] = (0, 1),
   work = list(spec_lib.iter_work(cfg, grid_cells))
   done = store.done()
   if reevaluate and cfg.evaluate:
-    done -= store.lacking("mia_confidence")
     with_reference = {c.key for c in grid_cells
                       if (originals / f"{c.key}.retrain" / "metadata.json").exists()}
-    done -= {r["key"] for r in store.read_records() if "acc_r" in r
-             and r.get("method") != "retrain" and r.get("original") in with_reference
-             and r.get("js_to_reference") is None}
+    done -= {r["key"] for r in store.read_records() if "acc_r" in r and (
+        "mia_confidence" not in r
+        or (r.get("method") != "retrain" and r.get("original") in with_reference
+            and r.get("js_to_reference") is None))}
   progress = Progress(len(work), sum(spec_lib.record_key(c, m) in done for c, m in work))
   log(progress.line(f"{cfg.name}: shard {shard[0]}/{shard[1]}, {len(grid_cells)} cells"))
   for cell in grid_cells:

@@ -86,10 +86,6 @@ class Store:
     return {p.name[:-len(".json")] for p in self.records_dir.glob("*.json")
             if not p.name.startswith(".")}
 
-  def lacking(self, field: str) -> set[str]:
-    """Keys of the scored records (those with `acc_r`) that have no `field`."""
-    return {r["key"] for r in self.read_records() if "acc_r" in r and field not in r}
-
   def prune(self, keep: set[str]) -> list[str]:
     """Deletes every record whose key is not in `keep` (settings a preset no
     longer has); refreshes results.jsonl. Returns the deleted keys."""
