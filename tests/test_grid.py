@@ -297,6 +297,18 @@ def test_main_rejects_bad_arguments(capsys):
   assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: ")
 
 
+@pytest.mark.parametrize("flag", ["--report", "--prune"])
+def test_report_and_prune_of_an_empty_work_dir_fail_in_one_line(tmp_path, tiny_source, capsys,
+                                                                flag):
+  workdir = tmp_path / "never_run"
+  code = grid_main.main(lambda variant: tiny_config(tiny_source), [],
+                        ["--workdir", str(workdir), flag])
+  assert code == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error: no records in")
+  assert not workdir.exists()
+
+
 def test_restrict_to_seeds(tiny_source):
   cfg = tiny_config(tiny_source).replace(seeds=(0, 1, 2))
   assert grid_main.restrict(cfg, None, None, [2, 0]).seeds == (0, 2)
