@@ -142,7 +142,9 @@ def with_method_settings(settings: Any, pairs, method: str) -> Any:
                      f"{', '.join(sorted(known))}")
   for name, value in mine.items():
     old = getattr(settings, name)
-    ok = (old is None or value is None or isinstance(value, type(old))
+    # bool is an int subclass: True must not pass as a count, nor 1 as a flag.
+    same = isinstance(value, type(old)) and isinstance(value, bool) == isinstance(old, bool)
+    ok = (old is None or value is None or same
           or (isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool)))
     if not ok:
       raise ValueError(f"{method}.{name} must be a {type(old).__name__}, got {value!r}")

@@ -218,8 +218,7 @@ def _student_forward(graphdef, params, stats, x, train: bool = True):
   unless `train=False` (the reference's, statistics left as they are)."""
   model = nnx.merge(graphdef, params, stats, copy=True)
   acts = model.features(x, train)
-  logits = model.head(jnp.mean(acts[-1], axis=(1, 2)))
-  return logits, acts, nnx.state(model, nnx.BatchStat) if train else stats
+  return model.logits(acts[-1]), acts, nnx.state(model, nnx.BatchStat) if train else stats
 
 
 def _where(ok, new, old):

@@ -75,6 +75,9 @@ class AllCNN(nnx.Module):
       acts.append(x)
     return acts
 
+  def logits(self, last: jax.Array) -> jax.Array:
+    """float32 logits from the last block's activations (global average pool + head)."""
+    return self.head(jnp.mean(last, axis=(1, 2))).astype(jnp.float32)
+
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    x = self.features(x, train)[-1]
-    return self.head(jnp.mean(x, axis=(1, 2))).astype(jnp.float32)
+    return self.logits(self.features(x, train)[-1])

@@ -104,11 +104,12 @@ def classifier_logits(graphdef, params: Params, stats: Stats, x: jax.Array) -> j
 
 def classifier_features(graphdef, params: Params, stats: Stats, x: jax.Array,
                         train: bool = False) -> tuple[jax.Array, list[jax.Array]]:
-  """(logits, activations after every block) in eval mode."""
+  """(float32 logits, activations after every block); eval mode unless `train`
+  (whose updated BatchNorm statistics are dropped: callers that keep them use
+  the module directly, as GKT's student does)."""
   model = nnx.merge(graphdef, params, stats, copy=True)
   acts = model.features(x, train)
-  logits = model.head(acts[-1].mean(axis=(1, 2)))
-  return logits, acts
+  return model.logits(acts[-1]), acts
 
 
 def generator_apply(graphdef, params: Params, z: jax.Array, key: jax.Array | None = None):
