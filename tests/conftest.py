@@ -36,8 +36,13 @@ def compilation_cache(tmp_path_factory):
   models of the same shapes, and every `train` call builds fresh jitted
   closures, so without it each one compiles the same programs again. The
   environment variable points the CLI (`cli.main` in-process, and its
-  subprocesses) there too, instead of the user's cache directory."""
-  path = compile_cache.enable(tmp_path_factory.mktemp("jax_cache"))
+  subprocesses) there too, instead of the user's cache directory. Under
+  pytest-xdist the workers share it (JAX locks its bounded cache), so a
+  program one worker compiled is a hit for the other."""
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent  # the run's directory, above each worker's own
+  path = compile_cache.enable(root / "jax_cache")
   os.environ[compile_cache.ENV_VAR] = str(path)
   return path
 

@@ -9,7 +9,7 @@ from geniu_jax import demo
 
 def test_demo_report_has_the_three_models_and_timings():
   report = demo.run(log=None, preset="smoke", epochs=2, prompt_steps=2, generator_steps=2,
-                    proxies_per_class=1, unlearn_rounds=3)
+                    proxies_per_class=1, unlearn_rounds=3, lowering="native")
   for name in ("original", "retrain", "geniu"):
     assert set(report[name]) == {"acc_r", "acc_f"}
     assert 0.0 <= report[name]["acc_r"] <= 1.0 and 0.0 <= report[name]["acc_f"] <= 1.0

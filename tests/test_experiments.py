@@ -39,8 +39,10 @@ pytest.importorskip("matplotlib")
 
 
 @pytest.fixture(scope="module")
-def jit_cache(tmp_path_factory):
-  return tmp_path_factory.mktemp("jit_cache")
+def jit_cache(compilation_cache):
+  # The children's programs (LLVM optimisation off) get keys of their own in
+  # the session's cache, so they are shared with test_experiments_analyses.
+  return compilation_cache
 
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -298,14 +298,14 @@ def test_main_rejects_bad_arguments(capsys):
 
 
 @pytest.mark.parametrize("flag", ["--report", "--prune"])
-def test_report_and_prune_of_an_empty_work_dir_fail_in_one_line(tmp_path, tiny_source, capsys,
+def test_report_and_prune_of_a_missing_work_dir_fail_in_one_line(tmp_path, tiny_source, capsys,
                                                                 flag):
   workdir = tmp_path / "never_run"
   code = grid_main.main(lambda variant: tiny_config(tiny_source), [],
                         ["--workdir", str(workdir), flag])
   assert code == 2
   err = capsys.readouterr().err.strip().splitlines()
-  assert len(err) == 1 and err[0].startswith("error: no records in")
+  assert len(err) == 1 and err[0].startswith("error: no work dir")
   assert not workdir.exists()
 
 

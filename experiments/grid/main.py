@@ -98,9 +98,9 @@ def main(get_config: Callable[[str], spec_lib.GridConfig],
     cfg = restrict(cfg, args.datasets, args.methods, only_seeds)
   except ValueError as err:
     p.error(str(err))
-  if (args.prune or args.report) and not store_lib.Store(args.workdir).done():
-    print(f"error: no records in {args.workdir} (expected {args.workdir}/{store_lib.RECORDS}/"
-          "*.json); run the experiment without --report first", file=sys.stderr)
+  if (args.prune or args.report) and not store_lib.Store(args.workdir).root.exists():
+    print(f"error: no work dir {args.workdir}; run the experiment without --report first",
+          file=sys.stderr)
     return 2
   try:
     if args.prune:
