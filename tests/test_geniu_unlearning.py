@@ -9,8 +9,11 @@ from __future__ import annotations
 from conftest import unlearn
 
 
-def test_each_run_counts_its_own_compilation_and_reuses_the_program(smoke):
-  from geniu_jax.methods import geniu_unlearning
+def test_each_run_counts_its_own_compilation_and_reuses_the_program(smoke, monkeypatch):
+  from geniu_jax.methods import exported, geniu_unlearning
+  # The traced path: an exported program another test (or worker) left in the
+  # shared compilation cache would be loaded instead (test_exported.py).
+  monkeypatch.setattr(exported, "load", lambda name: (None, "traced (test)"))
   _, first, _ = unlearn(smoke, "geniu", key=1)
   hits = geniu_unlearning.program.cache_info().hits
   _, second, _ = unlearn(smoke, "geniu", key=2)
@@ -19,3 +22,4 @@ def test_each_run_counts_its_own_compilation_and_reuses_the_program(smoke):
   assert geniu_unlearning.program.cache_info().hits == hits + 1
   assert first["compile_ms"] > 0 and second["compile_ms"] > 0
   assert second["rounds_run"] == first["rounds_run"]
+  assert first["program"] == second["program"] == "traced (test)"
