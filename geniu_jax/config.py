@@ -253,7 +253,8 @@ class Config:
 
 _PRESETS = {
     "paper": Config(preset="paper"),
-    # Sized to train on the full imbalanced Fashion-MNIST in ~5 min on 2 cores.
+    # Sized to train on the full imbalanced Fashion-MNIST in minutes on 2 CPU
+    # cores (times: experiments/results/table1/README.md).
     # Unlearning: B = 5; retained proxies held to the original's answer without
     # the forgotten class; every proxy sharpened toward the forgotten class
     # and each retained one toward its own (`geniu.sharpen`, mode "all"); the

@@ -40,7 +40,7 @@ def init_program(module_cls, args: tuple, kwargs: tuple):
   the class and its (hashable) arguments.
 
   Eager NNX initialisation dispatches (and on CPU compiles) every init op on
-  its own: ~10 s for an AllCNN on a 2-core CPU, in every process. One
+  its own: seconds for an AllCNN on a CPU, in every process. One
   compiled program does it all; the graph definition comes from an abstract
   (shape-only) build.
   """
