@@ -270,20 +270,23 @@ def read_metadata(directory: str | os.PathLike) -> dict:
   return meta
 
 
-def build_models(meta: dict, lowering: str | None = None, precision: str | None = None
-                 ) -> tuple[F.SplitModel, F.SplitModel | None]:
+def build_models(meta: dict, lowering: str | None = None, precision: str | None = None, *,
+                 initialise: bool = True) -> tuple[F.SplitModel, F.SplitModel | None]:
   """Freshly initialised models of the checkpoint's architecture.
 
   `lowering=None` / `precision=None` take the ones the checkpoint was trained
   with (its stored config), so a model is served with the arithmetic it was
   trained with; lowerings differ only in float32 rounding. The parameters
   are float32 whatever the precision, so any checkpoint fits any precision.
+  `initialise=False` gives shape-only states (`jax.ShapeDtypeStruct`
+  leaves) for `restore` to fill: a fresh process then loads no init program
+  (most of a restore's time otherwise).
   """
   cfg = Config.from_dict(meta["config"])
   lowering = cfg.lowering if lowering is None else lowering
   precision = cfg.precision if precision is None else precision
   shape = tuple(meta["image_shape"])
-  key = jax.random.key(0)
+  key = jax.random.key(0) if initialise else None
   classifier = F.make_classifier(meta["num_classes"], shape, cfg.width, lowering, key,
                                  precision)
   generator = None
@@ -395,7 +398,7 @@ def restore(directory: str | os.PathLike, *, lowering: str | None = None,
     problem = checksums.files_problem(path, checksum["files"])
     if problem:
       raise _corrupt(path, problem)
-  classifier, generator = build_models(meta, lowering, precision)
+  classifier, generator = build_models(meta, lowering, precision, initialise=False)
   if expect_classifier is not None:
     _check_shapes(str_keys(nnx.to_pure_dict(classifier.params)),
                   str_keys(nnx.to_pure_dict(expect_classifier.params)), "requested classifier")

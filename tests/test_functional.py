@@ -87,6 +87,23 @@ def test_init_split_equals_the_eager_build_and_runs_through_run():
   assert not jax.tree_util.tree_leaves(got.stats) and not jax.tree_util.tree_leaves(stats)
 
 
+def test_init_split_without_a_key_gives_shapes_only():
+  def run(init, key_data):
+    raise AssertionError("nothing may be initialised")
+
+  model = _tiny(11)
+  for make in (lambda: F.make_classifier(TINY_K, TINY_SHAPE, TINY_WIDTH, TINY_LOWERING, None),
+               lambda: F.init_split(AllCNN, TINY_K, 1, TINY_WIDTH, key=None, run=run,
+                                    dtype=None, lowering=TINY_LOWERING)):
+    abstract = make()
+    assert abstract.graphdef == model.graphdef
+    for state, real in ((abstract.params, model.params), (abstract.stats, model.stats)):
+      got, want = jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(real)
+      assert len(got) == len(want) > 0
+      assert all(isinstance(g, jax.ShapeDtypeStruct) for g in got)
+      assert [(g.shape, g.dtype) for g in got] == [(w.shape, w.dtype) for w in want]
+
+
 def test_dtype_of_a_precision():
   assert F._dtype("float32") is None
   assert F._dtype("bfloat16") == jnp.bfloat16

@@ -52,11 +52,18 @@ def init_program(module_cls, args: tuple, kwargs: tuple):
   return graphdef, init
 
 
-def init_split(module_cls, *args, key: jax.Array, run=None, **kwargs) -> SplitModel:
+def init_split(module_cls, *args, key: jax.Array | None, run=None, **kwargs) -> SplitModel:
   """`split(module_cls(*args, rngs=nnx.Rngs(params=key), **kwargs))` through
   `init_program`; `run(init, key_data)` runs the program (default: call it),
-  e.g. a `methods.common.Stopwatch.run` that times its compilation apart."""
+  e.g. a `methods.common.Stopwatch.run` that times its compilation apart.
+
+  `key=None` initialises nothing: the states hold `jax.ShapeDtypeStruct`
+  leaves, for a model about to be filled from a checkpoint (a restore then
+  neither compiles nor runs the init program)."""
   graphdef, init = init_program(module_cls, tuple(args), tuple(sorted(kwargs.items())))
+  if key is None:
+    params, stats = jax.eval_shape(init, jax.random.key_data(jax.random.key(0)))
+    return SplitModel(graphdef, params, stats)
   key_data = jax.random.key_data(key)
   params, stats = init(key_data) if run is None else run(init, key_data)
   return SplitModel(graphdef, params, stats)
@@ -67,8 +74,9 @@ def _dtype(precision: str):
 
 
 def make_classifier(num_classes: int, image_shape, width: float, lowering: str,
-                    key: jax.Array, precision: str = "float32") -> SplitModel:
-  """An initialised AllCNN; `precision` is its compute dtype (`Config.precision`)."""
+                    key: jax.Array | None, precision: str = "float32") -> SplitModel:
+  """An initialised AllCNN (shapes only for `key=None`, see `init_split`);
+  `precision` is its compute dtype (`Config.precision`)."""
   return init_split(AllCNN, num_classes, image_shape[-1], width, key=key, lowering=lowering,
                     dtype=_dtype(precision))
 
@@ -83,7 +91,8 @@ def classifier_graphdef(num_classes: int, image_shape, width: float, lowering: s
 
 
 def make_generator(image_shape, latent_dim: int | None, lowering: str,
-                   key: jax.Array) -> SplitModel:
+                   key: jax.Array | None) -> SplitModel:
+  """An initialised VAE (shapes only for `key=None`, see `init_split`)."""
   return init_split(VAE, tuple(image_shape), latent_dim, key=key, lowering=lowering)
 
 
