@@ -13,7 +13,7 @@ save. Three processes on the same checkpoint, each forgetting one class:
 
 Plus `import_s`, the start-up of a process that imports the CLI and JAX.
 JSON: {"cold_s", "first_s", "warm_s", "unlearn_ms", "compile_ms",
-"restore_ms", "import_s"}; `unlearn_ms`, `compile_ms` and `restore_ms` are
+"restore_ms", "import_s", "setting"}; `unlearn_ms`, `compile_ms` and `restore_ms` are
 the warm request's own report (`compile_ms` includes tracing and loading the
 cached executable), `*_compile_ms` those of the other two.
 
@@ -35,6 +35,8 @@ from benchmarks import _common as C
 from geniu_jax import compile_cache
 
 ROOT = Path(__file__).resolve().parents[1]
+# What decides Alg. 2's work, from the CLI's report.
+SETTING_FIELDS = ("rounds_run", "proxies", "sharpen_target", "sharpen_mode", "objective")
 
 _WARM = """
 import sys
@@ -88,9 +90,13 @@ def main(argv=None) -> int:
          "restore_ms": warm["restore_ms"], "import_s": import_s,
          "cold_compile_ms": cold["compile_ms"], "first_compile_ms": first["compile_ms"],
          "train_warm_up_s": warm_up_s, "ckpt": str(args.ckpt), "forget": args.forget,
-         "preset": json.loads((args.ckpt / "metadata.json").read_text())["preset"]}
+         "preset": json.loads((args.ckpt / "metadata.json").read_text())["preset"],
+         # The unlearning setting is the checkpoint's stored one, which may be
+         # an older preset's: the times depend on it far more than on the preset.
+         "setting": {k: warm.get(k) for k in SETTING_FIELDS}}
   lines = [f"`geniu unlearn --forget {args.forget}` on {args.ckpt} ({out['preset']} preset), "
-           "whole process:"]
+           "whole process:",
+           "  setting: " + ", ".join(f"{k} {v}" for k, v in out["setting"].items())]
   for name, r in (("cold", cold), ("first", first), ("warm", warm)):
     lines.append(f"  {name:5s} {r['wall_s']:6.1f} s  (compile {r['compile_ms'] / 1e3:5.1f} s, "
                  f"unlearn {r['unlearn_ms'] / 1e3:5.2f} s, restore {r['restore_ms']:5.0f} ms)")

@@ -52,6 +52,40 @@ def test_sharpen_jit_equals_eager(tiny_classifier):
   np.testing.assert_allclose(np.asarray(eager), np.asarray(jitted), atol=1e-6)
 
 
+def test_sharpen_stops_early_with_the_images_of_every_step(tiny_classifier):
+  """The loop ends at the first step that moves nothing: the result is that of
+  running all `steps` steps (a fixed-length scan of the same step)."""
+  c = tiny_classifier
+  x = jnp.clip(normal(6, (6, *TINY_SHAPE), 0.2) + 0.5, 0.0, 1.0)
+  labels = jnp.arange(6, dtype=jnp.int32) % TINY_K
+  step, steps = 0.05, 200
+  # A target every image reaches (a random tiny model saturates early): just
+  # below the least probability that many steps toward an unreachable one give.
+  reach = _prob(c, sharpen_lib.sharpen(c.graphdef, c.params, c.stats, x, labels, target=1.0,
+                                       step=step, steps=steps), labels)
+  target = 0.999 * float(reach.min())
+  assert (_prob(c, x, labels) < target).any()
+
+  def log_prob(x):
+    logp = jax.nn.log_softmax(F.classifier_logits(c.graphdef, c.params, c.stats, x))
+    return jnp.take_along_axis(logp, labels[:, None], axis=1)[:, 0]
+
+  @jax.jit
+  def every_step(x):
+    def body(x, _):
+      logp, vjp = jax.vjp(log_prob, x)
+      (grad,) = vjp(jnp.ones_like(logp))
+      moving = (jnp.exp(logp) < target)[:, None, None, None]
+      return jnp.where(moving, jnp.clip(x + step * jnp.sign(grad), 0.0, 1.0), x), moving.any()
+    return jax.lax.scan(body, x, None, length=steps)
+
+  want, moved = every_step(x)
+  assert not bool(moved[-1])  # the target is reached well before the last step
+  got = jax.jit(lambda x: sharpen_lib.sharpen(c.graphdef, c.params, c.stats, x, labels,
+                                              target=target, step=step, steps=steps))(x)
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
 def _batch(per_class=2, seed=5):
   proxies = jnp.clip(normal(seed, (TINY_K * per_class, *TINY_SHAPE), 0.2) + 0.5, 0.0, 1.0)
   return proxies, jnp.tile(jnp.arange(TINY_K, dtype=jnp.int32), per_class)
