@@ -13,7 +13,7 @@ from geniu_jax.geniu import optimizer as opt_lib
 from geniu_jax.geniu import train as train_lib
 
 from conftest import TINY_K
-from test_train_checks import quadrant_data, tiny_cfg
+from test_train import quadrant_data, tiny_cfg
 
 
 def _torch_plateau(losses, lr, factor=0.5, patience=3, rtol=1e-4):
