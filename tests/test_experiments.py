@@ -238,7 +238,8 @@ def test_table8_smoke(tiny10, originals, jit_cache, tmp_path):
 
 def test_table7_smoke(tiny10, originals, jit_cache, tmp_path):
   records = run_smoke(table7, tmp_path, tiny10, originals, jit_cache)
-  assert sorted(r["method"] for r in records) == sorted(m.label for m in table7.METHODS)
+  assert sorted(r["method"] for r in records) == sorted(
+      m.label for m in table7.get_config("smoke").methods)
   for r in records:
     assert r["forget"] == [0, 1]
     assert r["forget_predicted"] is not None and sum(r["forget_predicted"]) == 20
