@@ -152,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--json", action="store_true")
   p.add_argument("--lowering", choices=LOWERINGS,
                  help="convolution lowering (default: the preset's, auto)")
+  # Accepted after the subcommand too (`geniu unlearn ... --compilation-cache off`).
+  for subparser in sub.choices.values():
+    compile_cache.add_flag(subparser, default=argparse.SUPPRESS)
   return parser
 
 

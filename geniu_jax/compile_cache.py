@@ -72,10 +72,12 @@ def enable(cache_dir: str | os.PathLike, *, min_compile_secs: float = 0.0,
   return path
 
 
-def add_flag(parser) -> None:
-  """Adds `--compilation-cache DIR|off` to an argparse parser (the CLI's top level)."""
+def add_flag(parser, default=None) -> None:
+  """Adds `--compilation-cache DIR|off` to an argparse parser. A subcommand's
+  parser takes `default=argparse.SUPPRESS`, so that the flag given before
+  the subcommand is kept when it is not repeated after it."""
   parser.add_argument(
-      "--compilation-cache", metavar="DIR", dest="compilation_cache", default=None,
+      "--compilation-cache", metavar="DIR", dest="compilation_cache", default=default,
       help=f"keep compiled programs in DIR and reuse them in later calls; 'off' turns "
            f"this off (default: ${ENV_VAR} if set, else {default_dir()})")
 

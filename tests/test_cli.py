@@ -33,6 +33,19 @@ REPO = Path(__file__).resolve().parents[1]
 ALL_CLASSES = [str(k) for k in range(10)]
 
 
+@pytest.mark.parametrize("argv,expected", [
+    (["unlearn", "--ckpt", "c", "--forget", "1", "--out", "o"], None),
+    (["--compilation-cache", "off", "unlearn", "--ckpt", "c", "--forget", "1", "--out", "o"],
+     "off"),
+    (["unlearn", "--ckpt", "c", "--forget", "1", "--out", "o", "--compilation-cache", "/c"],
+     "/c"),
+    (["--compilation-cache", "/a", "train", "--data", "embedded", "--majority", "9", "--out",
+      "o", "--compilation-cache", "/b"], "/b"),
+], ids=["default", "before", "after", "after-wins"])
+def test_compilation_cache_flag_before_or_after_the_subcommand(argv, expected):
+  assert cli.build_parser().parse_args(argv).compilation_cache == expected
+
+
 def run_cli(capsys, *argv) -> tuple[int, str, str]:
   rc = cli.main([str(a) for a in argv])
   out, err = capsys.readouterr()
