@@ -12,7 +12,8 @@ accuracy on the test images of both forgotten classes, Acc_r on the other
 eight. 500 training images per class are held out as a validation split, as
 in Table 1 (`experiments.table1`), and every method is scored on it too.
 
-    python -m experiments.table7 --config cpu --workdir experiments/results/table7 [--seeds 0 1 2]
+    python -m experiments.table7 --config cpu --workdir experiments/results/table7 \
+        --originals runs/originals [--seeds 0 1 2]
     python -m experiments.table7 --config cpu --workdir experiments/results/table7 --report
 
 `cpu`: Fashion-MNIST and MNIST (`scripts/get_mnist.sh` -> data_cache/mnist),
