@@ -98,13 +98,14 @@ def main(get_config: Callable[[str], spec_lib.GridConfig],
     cfg = restrict(cfg, args.datasets, args.methods, only_seeds)
   except ValueError as err:
     p.error(str(err))
-  if (args.prune or args.report) and not store_lib.Store(args.workdir).root.exists():
+  store = store_lib.Store(args.workdir)
+  if (args.prune or args.report) and not store.root.exists():
     print(f"error: no work dir {args.workdir}; run the experiment without --report first",
           file=sys.stderr)
     return 2
   try:
     if args.prune:
-      gone = store_lib.Store(args.workdir).prune(report_lib.expected_keys(cfg))
+      gone = store.prune(report_lib.expected_keys(cfg))
       print(f"deleted {len(gone)} records no setting of this config makes")
       return 0
     if args.report:
