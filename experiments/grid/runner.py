@@ -195,7 +195,7 @@ class Context(NamedTuple):
 
 # Analyses: things a table measures on an original that are not unlearning
 # methods (the original itself, Table 2's perception, Figure 7's curve ...).
-# Each returns (a classifier to score, or None; an info dict for the record).
+# Each returns (a classifier to score, or None; an info dict stored in its record).
 ANALYSES: dict[str, Callable[[Context], tuple[F.SplitModel | None, dict]]] = {}
 
 
