@@ -127,6 +127,33 @@ def test_seeds_and_classes_flags(tmp_path):
     cifar_pipeline.get_config("cpu")
 
 
+def test_table1_evaluation_view_averages_the_cells_the_baselines_ran_on():
+  cfg = table1.get_config("cpu")
+
+  def record(method, k, seed, **fields):
+    return {"dataset": "fashion_mnist", "method": method, "forget": [k], "seed": seed,
+            "acc_r": 0.5 + 0.1 * k, "acc_f": 0.01 * k, **fields}
+
+  records = [record(m, k, 0, mia_confidence=0.2 * k, mia_entropy=0.1, js_to_reference=0.5,
+                    activation_distance=1.0, ain=k)
+             for m in ("geniu", "gkt") for k in (1, 3)]
+  records.append(record("retrain", 1, 0, mia_confidence=1.0, mia_entropy=0.2))
+  # A cell where only GENIU was evaluated: left out, so both rows span the same cells.
+  records.append(record("geniu", 5, 1, mia_confidence=9.0, mia_entropy=9.0, ain=9.0))
+  section = table1.evaluation(records, cfg)
+  rows = {r["method"]: r for r in section.rows}
+  assert set(rows) == {"geniu", "gkt", "retrain"}
+  assert rows["geniu"]["n"] == rows["gkt"]["n"] == 2
+  assert rows["geniu"]["acc_r"] == pytest.approx(0.7)
+  assert rows["geniu"]["worst_acc_f"] == pytest.approx(0.03)
+  assert rows["gkt"]["mia_confidence"] == pytest.approx(0.4)
+  assert rows["gkt"]["ain"] == pytest.approx(2.0)
+  assert rows["retrain"]["js_to_reference"] is None
+  assert rows["gkt"]["paper_acc_r"] is not None
+  assert "fashion_mnist: 1/s0, 3/s0" in section.markdown
+  assert table1.evaluation([record("geniu", 1, 0, mia_confidence=0.1)], cfg).rows == []
+
+
 # --- the smoke configs, end to end ----------------------------------------------
 
 def test_table10_smoke(tiny10, originals, jit_cache, tmp_path):
