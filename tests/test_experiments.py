@@ -1,4 +1,4 @@
-"""Tests for the appendix tables (7, 8, 10, 11, 12) and the mock CIFAR-10 pipeline check.
+"""Tests for Table 1, the appendix tables (7, 8, 10, 11, 12) and the mock CIFAR-10 pipeline check.
 
     python -m pytest tests/test_experiments.py -x -q    # ~4 min on 2 busy CPU cores
 
@@ -155,6 +155,25 @@ def test_table1_evaluation_view_averages_the_cells_the_baselines_ran_on():
 
 
 # --- the smoke configs, end to end ----------------------------------------------
+
+def test_table1_smoke(tiny10, originals, jit_cache, tmp_path):
+  records = run_smoke(table1, tmp_path, tiny10, originals, jit_cache)
+  cfg = table1.get_config("smoke")
+  assert sorted((r["forget"][0], r["method"]) for r in records) == sorted(
+      (k, m.label) for (k,) in cfg.forget_sets for m in cfg.methods)
+  for r in records:
+    assert 0.0 <= r["acc_r"] <= 1.0 and 0.0 <= r["acc_f"] <= 1.0
+    assert r["val_acc_r"] is not None   # the validation split held out of training
+  rows = read_csv(tmp_path / "table_1.csv")
+  assert {r["method"] for r in rows} == {m.label for m in cfg.methods}
+  assert {r["n"] for r in rows} == {"2"}   # two forgotten classes, one seed
+  per_class = read_csv(tmp_path / "table_6.csv")
+  assert {(r["class"], r["method"]) for r in per_class} == {
+      (str(k), m.label) for (k,) in cfg.forget_sets for m in cfg.methods}
+  report = (tmp_path / "report.md").read_text()
+  for title in ("## Table 1", "## GENIU robustness", "## Table 6", "## Table 4"):
+    assert title in report
+
 
 def test_table10_smoke(tiny10, originals, jit_cache, tmp_path):
   records = run_smoke(table10, tmp_path, tiny10, originals, jit_cache)
