@@ -139,6 +139,25 @@ def parser(description: str) -> argparse.ArgumentParser:
   return p
 
 
+# `jax_default_matmul_precision` values for float32 products and convolutions:
+# `default` lets the backend choose (TF32 on NVIDIA Ampere and Hopper GPUs),
+# `tensorfloat32` asks for TF32, `float32` for full float32 (no TF32).
+MATMUL_PRECISIONS = ("default", "tensorfloat32", "float32")
+
+
+def add_precision_flags(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--precision", default="float32", choices=("float32", "bfloat16"),
+                 help="classifier compute dtype (bfloat16: float32 parameters and "
+                      "optimizer state, `Config.precision`)")
+  p.add_argument("--matmul-precision", default="default", choices=MATMUL_PRECISIONS,
+                 help="precision of float32 products and convolutions (JAX side only)")
+
+
+def apply_matmul_precision(args) -> None:
+  if args.matmul_precision != "default":
+    jax.config.update("jax_default_matmul_precision", args.matmul_precision)
+
+
 def setup(args) -> list[str]:
   """Applies process-level options; returns the extra flags for the torch subprocess."""
   if args.malloc_tuning and not tune_malloc():

@@ -33,11 +33,12 @@ IMAGE_SHAPE = (28, 28, 1)
 
 
 def measure_jax(width: float, batch: int, reps: int, warmup: int, lowering: str = "auto",
-                n: int = 2048, seed: int = 0) -> dict:
+                n: int = 2048, seed: int = 0, precision: str = "float32") -> dict:
   """Median time of the library's jitted classifier step (data on device)."""
-  cfg = get_config("paper", width=width, batch_size=batch, lowering=lowering)
+  cfg = get_config("paper", width=width, batch_size=batch, lowering=lowering,
+                   precision=precision)
   k_model, k_x, k_y = jax.random.split(jax.random.key(seed), 3)
-  classifier = F.make_classifier(10, IMAGE_SHAPE, width, lowering, k_model)
+  classifier = F.make_classifier(10, IMAGE_SHAPE, width, lowering, k_model, precision)
   optimizer = train_lib.classifier_optimizer(cfg, 10_000)
   state = train_lib.ClassifierState(classifier.params, classifier.stats,
                                     optimizer.init(classifier.params))
@@ -68,11 +69,14 @@ def main(argv=None) -> int:
   p.add_argument("--batch", type=int, default=256)
   p.add_argument("--lowering", default="auto", choices=LOWERINGS)
   p.add_argument("--torch-device", default="cpu", help="cpu or cuda (PyTorch reference)")
+  C.add_precision_flags(p)
   args = p.parse_args(argv)
   extra = C.setup(args)
+  C.apply_matmul_precision(args)
   warmup = max(args.warmup, 1)
 
-  out = measure_jax(args.width, args.batch, args.reps, warmup, args.lowering)
+  out = measure_jax(args.width, args.batch, args.reps, warmup, args.lowering,
+                    precision=args.precision)
   ref = None if args.no_torch else C.run_torch(
       "train", "--width", str(args.width), "--batch", str(args.batch), "--reps",
       str(args.reps), "--warmup", str(warmup), "--device", args.torch_device, *extra)
@@ -82,9 +86,11 @@ def main(argv=None) -> int:
                                 if k in ref})
   out["ratio"] = C.ratio(out["jax_img_s"], out["torch_img_s"])
   out.update(width=args.width, batch=args.batch, lowering=args.lowering, reps=args.reps,
-             malloc_tuning=args.malloc_tuning)
+             malloc_tuning=args.malloc_tuning, precision=args.precision,
+             matmul_precision=args.matmul_precision)
   lines = [
-      f"Classifier training: AllCNN width {args.width}, batch {args.batch}, 28x28x1",
+      f"Classifier training: AllCNN width {args.width}, batch {args.batch}, 28x28x1; "
+      f"{args.precision} compute, matmul precision {args.matmul_precision}",
       f"  geniu_jax  {out['jax_img_s']:8.1f} img/s  (step {out['jax_step_ms']:.0f} ms, "
       f"{out['jax_gflops']:.1f} GFLOP/s, {out['jax_cpu_s']:.2f} CPU-s/step)",
       f"  PyTorch    {C.fmt(out['torch_img_s'], '8.1f')} img/s  (eager; "

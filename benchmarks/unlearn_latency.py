@@ -36,19 +36,20 @@ NUM_CLASSES = 10
 IMAGE_SHAPE = (28, 28, 1)
 
 
-def build(width: float, per_class: int, lowering: str = "auto", seed: int = 0):
+def build(width: float, per_class: int, lowering: str = "auto", seed: int = 0,
+          precision: str = "float32"):
   """(classifier, generator, prompts) of the paper's MNIST-style models."""
   k_cls, k_gen, k_z = jax.random.split(jax.random.key(seed), 3)
-  classifier = F.make_classifier(NUM_CLASSES, IMAGE_SHAPE, width, lowering, k_cls)
+  classifier = F.make_classifier(NUM_CLASSES, IMAGE_SHAPE, width, lowering, k_cls, precision)
   generator = F.make_generator(IMAGE_SHAPE, None, lowering, k_gen)
   prompts = jax.random.normal(k_z, (NUM_CLASSES * per_class, *IMAGE_SHAPE))
   return classifier, generator, prompts
 
 
 def measure_jax(width: float, rounds: int, per_class: int, reps: int, warmup: int,
-                lowering: str = "auto", forget=(0,)) -> dict:
+                lowering: str = "auto", forget=(0,), precision: str = "float32") -> dict:
   """Compile time and median run time of the library's unlearning program."""
-  classifier, generator, prompts = build(width, per_class, lowering)
+  classifier, generator, prompts = build(width, per_class, lowering, precision=precision)
   fn = unlearn_lib.make_unlearn_fn(classifier.graphdef, generator.graphdef, rounds=rounds,
                                    lr=4e-4, stop_forget_prob=None)
   args = (classifier.params, classifier.stats, generator.params, prompts,
@@ -74,11 +75,13 @@ def main(argv=None) -> int:
   p.add_argument("--torch-device", default="cpu", help="cpu or cuda (PyTorch reference)")
   p.add_argument("--torch-bare", action="store_true",
                  help="also time PyTorch without the per-round trace bookkeeping (the paper's bare loop)")
+  C.add_precision_flags(p)
   args = p.parse_args(argv)
   extra = C.setup(args)
+  C.apply_matmul_precision(args)
 
   out = measure_jax(args.width, args.rounds, args.per_class, args.reps, args.warmup,
-                    args.lowering)
+                    args.lowering, precision=args.precision)
   torch_args = ["--width", str(args.width), "--rounds", str(args.rounds), "--per-class",
                 str(args.per_class), "--reps", str(args.reps), "--warmup",
                 str(max(args.warmup, 1)), "--device", args.torch_device, *extra]
@@ -90,10 +93,12 @@ def main(argv=None) -> int:
                  k: ref[k] for k in ("torch", "threads", "device", "gpu") if k in ref})
   out["speedup"] = C.ratio(out["torch_ms"], out["jax_ms"])
   out.update(width=args.width, rounds=args.rounds, proxies=NUM_CLASSES * args.per_class,
-             lowering=args.lowering, reps=args.reps, malloc_tuning=args.malloc_tuning)
+             lowering=args.lowering, reps=args.reps, malloc_tuning=args.malloc_tuning,
+             precision=args.precision, matmul_precision=args.matmul_precision)
   lines = [
       f"GENIU unlearning (Alg. 2): width {args.width}, {out['proxies']} proxies, "
-      f"{args.rounds} rounds, {out['tflop']:.2f} TFLOP",
+      f"{args.rounds} rounds, {out['tflop']:.2f} TFLOP; {args.precision} compute, "
+      f"matmul precision {args.matmul_precision}",
       f"  geniu_jax  {out['jax_ms']:10.1f} ms  (median of {args.reps}; compile "
       f"{out['compile_ms']:.0f} ms; {out['gflops']:.1f} GFLOP/s; "
       f"{out['jax_cpu_s']:.1f} CPU-s/run)",
