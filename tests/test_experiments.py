@@ -250,8 +250,8 @@ def test_table12_smoke(tiny10, originals, jit_cache, tmp_path):
 
 
 def test_smoke_cells_share_one_original(originals):
-  """Tables 10 (max entropy), 11 (none) and 12 (B = 2), class 9: one original,
-  Table 1's smoke cell at r = 0.1; the other variants' are their own."""
+  """Tables 10 (max entropy), 11 (none) and 12 (B = 2), class 9: one original
+  at r = 0.1; the other variants' are their own."""
   def keys(module, label):
     return {c.key for c in spec.cells(module.get_config("smoke"))
             if c.forget == (9,) and c.variant.label == label}
@@ -259,8 +259,9 @@ def test_smoke_cells_share_one_original(originals):
   shared = keys(table10, "max_entropy")
   assert len(shared) == 1
   assert keys(table11, "none") == keys(table12, "2") == shared
-  # 10: 2 classes x 3 rules; 11: 3 more t; 12: B = 1 (each run above trained here).
-  assert len(list(originals.iterdir())) == 6 + 3 + 1
+  # Table 1: 2 classes with a validation split (cells of their own); 10: 2
+  # classes x 3 rules; 11: 3 more t; 12: B = 1 (each run above trained here).
+  assert len(list(originals.iterdir())) == 2 + 6 + 3 + 1
 
 
 def test_table8_smoke(tiny10, originals, jit_cache, tmp_path):
