@@ -202,9 +202,7 @@ def table9(records, cfg) -> R.Section:
   ref = {(r["proxy"], r["tuning"]): r for r in R.paper()["table9_ablation_fashion_mnist"]}
   cols = dict(ABLATIONS, geniu_paper=("geniu", "in_batch"))
   # Only the cells the ablations ran on, so the four rows share their cells.
-  ablated = {(r["dataset"], tuple(r["forget"]), r["seed"]) for r in records
-             if r["method"] in ABLATIONS}
-  records = [r for r in records if (r["dataset"], tuple(r["forget"]), r["seed"]) in ablated]
+  records, _ = _cells_where(records, lambda r: r["method"] in ABLATIONS)
   rows, csv_rows = [], []
   for (dataset, label), rs in R.group(records, "dataset", "method").items():
     if label not in cols:
@@ -228,10 +226,8 @@ def evaluation(records, cfg) -> R.Section:
   Only the cells (dataset, class, seed) where the baselines ran with the
   evaluation on, so every method's mean is over the same cells.
   """
-  evaluated = {(r["dataset"], tuple(r["forget"]), r["seed"]) for r in records
-               if r.get("mia_confidence") is not None
-               and R.registry_name(cfg, r["method"]) in BASELINES}
-  rs = [r for r in records if (r["dataset"], tuple(r["forget"]), r["seed"]) in evaluated]
+  rs, cells = _cells_where(records, lambda r: r.get("mia_confidence") is not None
+                          and R.registry_name(cfg, r["method"]) in BASELINES)
   order = {label: i for i, label in enumerate(R.labels_in(rs, cfg))}
   groups = sorted(R.group(rs, "dataset", "method").items(),
                   key=lambda item: (item[0][0], order.get(item[0][1], len(order))))
@@ -251,7 +247,6 @@ def evaluation(records, cfg) -> R.Section:
                      "acc_f": acc_f.mean, "worst_acc_f": acc_f.max,
                      **{f: s and s.mean for f, s in cols.items()},
                      "paper_acc_r": p(method, "acc_r"), "paper_acc_f": p(method, "acc_f")})
-  cells = sorted(evaluated)
   span = "; ".join(f"{d}: " + ", ".join(f"{k[0]}/s{seed}" for dd, k, seed in cells if dd == d)
                    for d in sorted({c[0] for c in cells}))
   md = R.markdown_table(["dataset", "method (cells)", "Acc_r", "Acc_f (worst)", "MIA-efficacy",
@@ -271,8 +266,19 @@ def _mean(s, digits: int) -> str:
   return "" if s is None else f"{s.mean:.{digits}f}"
 
 
-VIEWS = (R.View("Table 1", table1), R.View("Evaluation", evaluation), R.View("GENIU robustness", robustness),
-         R.View("Table 6", table6), R.View("Table 4", table4), R.View("Table 9", table9))
+def _cells_where(records, keep) -> tuple[list[dict], list[tuple]]:
+  """The records of the cells (dataset, forget, seed) where some record passes
+  `keep`, and those cells, sorted."""
+  def cell(r):
+    return r["dataset"], tuple(r["forget"]), r["seed"]
+  cells = {cell(r) for r in records if keep(r)}
+  return [r for r in records if cell(r) in cells], sorted(cells)
+
+
+VIEWS = (R.View("Table 1", table1), R.View("Evaluation", evaluation),
+         R.View("GENIU robustness", robustness), R.View("Table 6", table6),
+         R.View("Table 4", table4), R.View("Table 9", table9))
+
 
 def main(argv: Sequence[str] | None = None) -> int:
   return grid_main.main(get_config, VIEWS, argv, description=__doc__.splitlines()[0])
