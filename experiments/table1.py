@@ -177,7 +177,37 @@ def table6(records, cfg) -> R.Section:
   rows.sort(key=lambda row: (row[0], row[1]))
   md = R.markdown_table(["dataset", "class", "method", "Acc_r ours", "Acc_r paper",
                          "Acc_f ours", "Acc_f paper"], rows)
-  return R.Section(md + "\n\nPaper: Table 6 (Fashion-MNIST only).", csv_rows)
+  panels = [(f"{dataset}: {name}", [str(k) for k in range(10)],
+             _bars(rs, cfg, lambda r, k: r[metric] if r["forget"] == [k] else None))
+            for (dataset,), rs in R.group(records, "dataset").items()
+            for metric, name in (("acc_r", "Acc_r"), ("acc_f", "Acc_f"))]
+  return R.Section(
+      md + "\n\nPaper: Table 6 (Fashion-MNIST only). Figure: by forgotten class, mean ± std "
+      "over seeds.", csv_rows,
+      _chart(panels, "Table 6 by forgotten class"))
+
+
+# Methods the bar charts draw: the references, GENIU's two settings and the
+# baselines in our setting (every label would crowd ten classes' bars).
+FIGURE_METHODS = ("original", "retrain", "geniu", "geniu_paper") + BASELINES
+
+
+def _chart(panels, title: str):
+  """The view's figure, or None when there is nothing to draw."""
+  if not panels:
+    return None
+  return lambda out: R.grouped_bars(out, panels, "test accuracy", title)
+
+
+def _bars(records, cfg, value) -> dict[str, list]:
+  """{method: [(mean, std) or None for class k = 0..9]} of `value(record, k)`."""
+  by_label = R.group(records, "method")
+  out = {}
+  for label in R.labels_in(records, cfg):
+    if label in FIGURE_METHODS:
+      stats = [R.stat(value(r, k) for r in by_label[(label,)]) for k in range(10)]
+      out[label] = [s and (s.mean, s.std) for s in stats]
+  return out
 
 
 def table4(records, cfg) -> R.Section:
@@ -249,6 +279,11 @@ def evaluation(records, cfg) -> R.Section:
                      "paper_acc_r": p(method, "acc_r"), "paper_acc_f": p(method, "acc_f")})
   span = "; ".join(f"{d}: " + ", ".join(f"{k[0]}/s{seed}" for dd, k, seed in cells if dd == d)
                    for d in sorted({c[0] for c in cells}))
+  # The unlearned model's accuracy on each class where that class was kept:
+  # which retained classes pay for forgetting.
+  panels = [(f"{dataset}: accuracy on class k where k is retained", [str(k) for k in range(10)],
+             _bars(group, cfg, _retained_accuracy))
+            for (dataset,), group in R.group(rs, "dataset").items()]
   md = R.markdown_table(["dataset", "method (cells)", "Acc_r", "Acc_f (worst)", "MIA-efficacy",
                          "entropy MIA", "JS to retrain", "activation distance", "AIN",
                          "paper Acc_r / Acc_f"], rows)
@@ -259,7 +294,15 @@ def evaluation(records, cfg) -> R.Section:
       "entropy calls members (lower = forgotten); read both against the retrained model's. "
       "JS, activation distance: to the cell's retrained model on the test split. AIN: "
       "relearn steps to 0.5 x the original's Acc_f over the retrained model's "
-      "(`geniu_jax.evaluation`).", csv_rows)
+      "(`geniu_jax.evaluation`). Figure: the unlearned model's test accuracy on each "
+      "class over the cells where that class is retained (mean ± std).", csv_rows,
+      _chart(panels, "Per-class accuracy"))
+
+
+def _retained_accuracy(record, k: int) -> float | None:
+  if k in record["forget"] or not record.get("per_class"):
+    return None
+  return record["per_class"][k]
 
 
 def _mean(s, digits: int) -> str:

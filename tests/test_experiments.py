@@ -151,7 +151,33 @@ def test_table1_evaluation_view_averages_the_cells_the_baselines_ran_on():
   assert rows["retrain"]["js_to_reference"] is None
   assert rows["gkt"]["paper_acc_r"] is not None
   assert "fashion_mnist: 1/s0, 3/s0" in section.markdown
-  assert table1.evaluation([record("geniu", 1, 0, mia_confidence=0.1)], cfg).rows == []
+  empty = table1.evaluation([record("geniu", 1, 0, mia_confidence=0.1)], cfg)
+  assert empty.rows == [] and empty.figure is None
+
+
+def test_table1_per_class_bars_average_each_class_where_it_is_retained():
+  cfg = table1.get_config("cpu")
+
+  def record(method, k, seed, per_class):
+    return {"dataset": "mnist", "method": method, "forget": [k], "seed": seed,
+            "per_class": per_class}
+
+  records = [record("geniu", 0, 0, [0.0] + [0.5] * 9),
+             record("geniu", 1, 0, [0.9, 0.0] + [0.7] * 8),
+             record("geniu", 1, 1, [0.7, 0.1] + [0.7] * 8),
+             # Labels outside the chart (ablations, other settings) are left out.
+             record("geniu_post", 0, 0, [0.0] * 10)]
+  bars = table1._bars(records, cfg, table1._retained_accuracy)
+  assert set(bars) == {"geniu"}
+  mean, std = bars["geniu"][0]     # class 0: retained only in the two class-1 cells
+  assert mean == pytest.approx(0.8) and std == pytest.approx(0.1)
+  assert bars["geniu"][1] == (0.5, 0.0)   # class 1: retained only in the class-0 cell
+  assert bars["geniu"][2][0] == pytest.approx((0.5 + 0.7 + 0.7) / 3)
+  # Acc_f by forgotten class: class 1 from its two seeds, class 2 never forgotten.
+  acc_f = table1._bars([dict(r, acc_f=r["per_class"][r["forget"][0]]) for r in records], cfg,
+                       lambda r, k: r["acc_f"] if r["forget"] == [k] else None)
+  assert acc_f["geniu"][1] == (pytest.approx(0.05), pytest.approx(0.05))
+  assert acc_f["geniu"][2] is None
 
 
 # --- the smoke configs, end to end ----------------------------------------------
@@ -173,6 +199,9 @@ def test_table1_smoke(tiny10, originals, jit_cache, tmp_path):
   report = (tmp_path / "report.md").read_text()
   for title in ("## Table 1", "## GENIU robustness", "## Table 6", "## Table 4"):
     assert title in report
+  # The per-class bar chart; the Evaluation view has no baselines to draw here.
+  assert "![Table 6](table_6.png)" in report and (tmp_path / "table_6.png").stat().st_size > 0
+  assert not (tmp_path / "evaluation.png").exists()
 
 
 def test_table10_smoke(tiny10, originals, jit_cache, tmp_path):

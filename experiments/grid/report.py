@@ -130,6 +130,41 @@ def accuracy_table(records: Sequence[dict], cfg: spec_lib.GridConfig, title: str
   return Section("\n".join(md), csv_rows)
 
 
+def grouped_bars(out: Path, panels: Sequence[tuple[str, Sequence[str], dict[str, list]]],
+                 ylabel: str, title: str) -> None:
+  """One bar chart per panel, side by side: `(title, x labels, {series: [(mean, std)
+  or None per x]})`; a series is one colour across panels."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  series = list(dict.fromkeys(name for _, _, by in panels for name in by))
+  colors = {name: plt.get_cmap("tab10")(i % 10) for i, name in enumerate(series)}
+  cols = 2 if len(panels) > 1 else 1
+  nrows = -(-len(panels) // cols)
+  fig, axes = plt.subplots(nrows, cols, figsize=(7.5 * cols, 3.2 * nrows), squeeze=False)
+  for ax, (name, xs, by) in zip(axes.flat, panels):
+    width = 0.8 / max(len(by), 1)
+    for i, (label, values) in enumerate(by.items()):
+      pos = [j for j, v in enumerate(values) if v is not None]
+      ax.bar(np.asarray(pos) + (i - (len(by) - 1) / 2) * width,
+             [values[j][0] for j in pos], width, yerr=[values[j][1] for j in pos],
+             color=colors[label], label=label, error_kw={"elinewidth": 0.6})
+    ax.set_xticks(range(len(xs)), xs, fontsize=7)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.set_title(name, fontsize=9)
+  for ax in list(axes.flat)[len(panels):]:
+    ax.axis("off")
+  fig.tight_layout()
+  handles = [plt.Rectangle((0, 0), 1, 1, color=colors[n]) for n in series]
+  # Above the panels; bbox_inches="tight" grows the canvas to hold it.
+  fig.legend(handles, series, fontsize=7, loc="lower center", ncol=min(len(series), 8),
+             bbox_to_anchor=(0.5, 1.0), title=title, title_fontsize=9, frameon=False)
+  fig.savefig(out, dpi=110, bbox_inches="tight")
+  plt.close(fig)
+
+
 def expected_keys(cfg: spec_lib.GridConfig) -> set[str]:
   """The record keys of this config's cells, methods and retired methods."""
   expected = {spec_lib.record_key(c, m) for c, m in spec_lib.iter_work(cfg, spec_lib.cells(cfg))}
