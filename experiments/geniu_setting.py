@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -292,5 +293,11 @@ VIEWS = (R.View("Selection on the validation split", selection),
          R.View("Coverage of the tuning batches", batch_coverage),
          R.View("Test split (not used to choose)", test_split))
 
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  return grid_main.main(get_config, VIEWS, argv, description=__doc__.splitlines()[0])
+
+
 if __name__ == "__main__":
-  sys.exit(grid_main.main(get_config, VIEWS, description=__doc__.splitlines()[0]))
+  sys.exit(main())

@@ -1,4 +1,5 @@
-"""Tests for Table 1, the appendix tables (7, 8, 10, 11, 12) and the mock CIFAR-10 pipeline check.
+"""Tests for Table 1, the GENIU setting selection, the appendix tables (7, 8, 10, 11, 12) and the
+mock CIFAR-10 pipeline check.
 
     python -m pytest tests/test_experiments.py -x -q    # ~4 min on 2 busy CPU cores
 
@@ -30,7 +31,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments import cifar_pipeline, table1, table2, table7, table8, table10, table11, table12
+from experiments import (cifar_pipeline, geniu_setting, table1, table2, table7, table8, table10,
+                         table11, table12)
 from experiments.grid import runner, spec
 from experiments.grid import store as store_lib
 
@@ -202,6 +204,23 @@ def test_table1_smoke(tiny10, originals, jit_cache, tmp_path):
   # The per-class bar chart; the Evaluation view has no baselines to draw here.
   assert "![Table 6](table_6.png)" in report and (tmp_path / "table_6.png").stat().st_size > 0
   assert not (tmp_path / "evaluation.png").exists()
+
+
+def test_geniu_setting_smoke(tiny10, originals, jit_cache, tmp_path):
+  """Every candidate and diagnostic on both smoke cells; the report names a choice
+  made on the validation split."""
+  records = run_smoke(geniu_setting, tmp_path, tiny10, originals, jit_cache)
+  cfg = geniu_setting.get_config("smoke")
+  assert sorted((r["forget"][0], r["method"]) for r in records) == sorted(
+      (k, m.label) for (k,) in cfg.forget_sets for m in cfg.methods)
+  diagnostics = [r["info"] for r in records if r["method"] == "proxy_diagnostics"]
+  assert all(0.0 <= d["coverage"] <= 1.0 for d in diagnostics)
+  chosen = [r for r in read_csv(tmp_path / "selection_on_the_validation_split.csv")
+            if r["chosen"] == "True"]
+  assert len(chosen) == 1
+  assert chosen[0]["setting"] in {m.label for m in geniu_setting.CANDIDATES}
+  assert chosen[0]["cells"] == "2"
+  assert "Chosen: **" in (tmp_path / "report.md").read_text()
 
 
 def test_table10_smoke(tiny10, originals, jit_cache, tmp_path):
