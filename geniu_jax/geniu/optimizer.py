@@ -12,13 +12,15 @@ L2 weight decay (the decay is added to the gradient before Adam, as torch's
 | gradient clipping | `grad_clip_value` (None by default) | same |
 
 `plateau` is the training code of the baselines' repositories: `fit_one_cycle`
-in ayushkumartarun/zero-shot-unlearning `utils.py` (copied by the GKT and
-bad-teaching code) is, despite its name, Adam at a constant rate with
-`ReduceLROnPlateau(mode="min", factor=0.5, patience=3)` stepped once per epoch,
-and its notebooks pass `grad_clip=0.1` (`clip_grad_value_`). The reference steps
-the rule on the *test* loss; here it is the loss on a split held out of the
-training data, never the test split. `one_cycle` is our choice: it needs no
-held-out loss at all.
+(ayushkumartarun/zero-shot-unlearning at e888197, `utils.py` L46-80; the same
+function in vikram2000b/Fast-Machine-Unlearning at 252bc92, `Machine
+Unlearning.ipynb` cell 4) is, despite its name, Adam with weight decay at a
+constant rate and `ReduceLROnPlateau(mode="min", factor=0.5, patience=3)`
+stepped once per epoch; the notebooks pass lr 0.01, weight decay 1e-4 and
+`grad_clip=0.1` (`clip_grad_value_`). The reference steps the rule on the
+*test* loss (its `valid_dl` is the test split); here it is the loss on a
+split held out of the training data, never the test split. `one_cycle` is
+our choice: it needs no held-out loss at all.
 
 The plateau rule is optax's `contrib.reduce_on_plateau`, run on the host once
 per epoch; its scale sets the learning rate that `optax.inject_hyperparams`

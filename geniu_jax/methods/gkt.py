@@ -40,16 +40,22 @@ mode (ZSKT); the teacher runs in eval mode. Everything is one jitted
 `lax.scan`, compiled ahead of time.
 
 `baseline_setting="reference"` (`REFERENCE`) reproduces the published
-notebook (ayushkumartarun/zero-shot-unlearning, `1_class_mnist_allcnn.ipynb`
-and `unlearn.py`), its quirks included:
+code, its quirks included. "Where": ayushkumartarun/zero-shot-unlearning at
+e888197; `nb` is `1_class_mnist_allcnn.ipynb`, cell c (0-based over all
+cells), line L (1-based in the cell):
 
-| step | reference | recommended (ours) | why |
-|---|---|---|---|
-| student mode | eval: a fresh student's BatchNorm frozen at mean 0 / variance 1 (its `evaluate` calls `model.eval()` and nothing calls `train()` again) | train mode (ZSKT) | normalisation that follows the pseudo data |
-| generator output | a final BatchNorm: unbounded, zero-mean images | sigmoid, in the data's [0, 1] | the teacher was trained on [0, 1] images |
-| KL | `reduction='mean'`: divided by K too | per-sample KL | the divergence the method defines (K x less weight against beta = 250 attention transfer in the reference) |
-| generator lr | halved every 150 pseudo batches (a plateau rule stepping on a constant), floor 1.5e-8 | constant | the reference's generator stops learning after ~1,500 pseudo batches |
-| gate | class 0 hard-coded | the forgotten classes | the reference gates the wrong class unless class 0 is forgotten |
+| step | where | reference | recommended (ours) | why |
+|---|---|---|---|---|
+| student mode | `utils.py` L36-40; nb c13 L12, c18 L1, L74 | eval: `evaluate` calls `model.eval()` and nothing calls `train()` again, so a fresh student's BatchNorm stays at mean 0 / variance 1 | train mode (ZSKT) | normalisation that follows the pseudo data |
+| generator output | `unlearn.py` L62-65, L83 | a final BatchNorm: unbounded, zero-mean images | sigmoid, in the data's [0, 1] | the teacher was trained on [0, 1] images |
+| KL | `unlearn.py` L27 | `F.kl_div`, default `reduction='mean'`: divided by K too | per-sample KL | the divergence the method defines (K x less weight against beta = 250 attention transfer in the reference) |
+| generator lr | nb c12 L7-8, c18 L86 | `ReduceLROnPlateau(factor=0.5, patience=2)` stepped every 50 pseudo batches on a loss computed once before training (c13 L16): halved every 150 pseudo batches, ~1.5e-8 by 2,400 | constant | the reference's generator stops learning after ~1,500 pseudo batches |
+| gate | nb c18 L25, c14 L13 | keeps pseudo samples whose teacher probability of class 0 is <= 0.01: class 0 hard-coded | the forgotten classes | the reference gates the wrong class unless class 0 is forgotten |
+| size | nb c14 L8, c17 L2; `unlearn.py` L106 | 4,000 pseudo batches of 256 (counted before the gate), beta = 250 | the preset's | CPU presets run 100 |
+
+The notebook as committed does not run (nb c12 L10 is a syntax error that
+leaves the student's scheduler undefined); the table reads the code as its
+authors evidently ran it.
 
 Not reproduced: the student's plateau rule on real test data (data a
 zero-shot method may not read) and the reload of a generator checkpoint

@@ -31,6 +31,23 @@ original 0.8057 and the retrained 0.816; Acc_f 0)? Relabelling, on the
 batch of the run held a forgotten sample, the subtraction lands on w_0 and
 one repair epoch is a short retraining, while relabelling keeps the trained
 features and only removes the forgotten class.
+
+`baseline_setting="reference"` (`REFERENCE`) follows the Amnesiac code.
+"Where": lmgraves/AmnesiacML at ae594cd; `mnist` is `Amnesiac Unlearning -
+MNIST.ipynb`, `inversion` is `Unlearning Model Inversion - resnet18.ipynb`;
+cell c (0-based over all cells), line L (1-based in the cell):
+
+| step | where | reference | recommended (ours) | why |
+|---|---|---|---|---|
+| records | mnist c15 L12-31 | the whole Adam update of every batch that held the class, one file per batch (BatchNorm statistics left out) | one running sum per class (`records.py`) | the same subtraction for one forgotten class, in memory of one model per class |
+| subtraction | mnist c25 | every recorded update subtracted once | same | - |
+| repair | mnist c30 L2-4, c18 L2 | 10 epochs, batch 64, Adam 1e-3 | 1 epoch at the training batch size, Adam 1e-3 | one pass costs about what the other baselines do; 10 epochs retrain the classifier from w_0 here |
+| Adam state of the repair | mnist c28 L4 | the end-of-training state, continued | fresh, in both settings | a geniu_jax checkpoint keeps no optimizer state |
+| relabelling | inversion c13, c40 L2-4, c23 L2, c38 L3 | every forgotten sample gets a random other label, drawn once; 10 epochs of Adam 1e-3 continuing the trained state, batch 64 | the same labels; 1 epoch at the training batch size, fresh Adam | as for the repair |
+
+(The MNIST notebook builds the relabelled loader, mnist c11 L2-8, but never
+trains on it. bad-teaching re-implements relabelling as 3 epochs at 1e-4,
+batch 256; SSD as 3 epochs at 1e-4, batch 128.)
 """
 
 from __future__ import annotations
@@ -57,12 +74,7 @@ class IRSettings:
   batch_size: int | None = None  # None: the classifier's training batch size
 
 
-# baseline_setting="reference": the Amnesiac code (lmgraves/AmnesiacML, the MNIST
-# notebook): repair and relabelling both 10 epochs of Adam 1e-3 at batch 64.
-# One difference is left: the notebooks continue the original training's Adam
-# state, which a geniu_jax checkpoint does not keep, so the repair starts a
-# fresh Adam. (bad-teaching re-implements relabelling as 3 epochs at 1e-4,
-# batch 256; SSD as 3 epochs at 1e-4, batch 128.)
+# The module docstring's table: the Amnesiac code's schedule.
 REFERENCE = IRSettings(repair_epochs=10, repair_lr=1e-3, relabel_epochs=10, relabel_lr=1e-3,
                        batch_size=64)
 # One epoch of the paper's imbalanced F-MNIST split is ~45 steps of 256. The smoke

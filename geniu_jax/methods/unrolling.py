@@ -39,6 +39,16 @@ starting weights. Ours, from the original weights:
 
 Access: RECORDS + ALL_DATA (forgotten samples for batch 0, retained ones
 for the rest).
+
+"Where": cleverhans-lab/unrolling-sgd at 49e001f, `Unlearning/`; L = line:
+
+| step | where | reference | ours (both settings unless marked) | why |
+|---|---|---|---|---|
+| what is forgotten | `correlation_verification.py` L130; `finetune.py` L92-168 | one batch of 32 samples; no script forgets a class | a class: batch 0 holds forgotten samples only | GENIU §5's protocol |
+| order | `correlation_verification.py` L186-187 | the forgotten batch first, the rest of the training set after it, unshuffled | batch 0 forgotten, batches 1..T-1 retained only | nothing of the class may be learned after the batch that is undone |
+| incremental training | `finetune.py` L49, L52-53, L92-96 | SGD 0.1, momentum 0.9, weight decay 5e-4, batch 32, T < 10 updates from the pretrained model | the same with T = 10 | - |
+| the correction | `finetune.py` L150-168 | + lr x the batch's gradient at the starting weights, train mode | same | - |
+| training-time term | none | - | recommended: + eta_train x the recorded first-batch gradients (step 3); `reference` leaves it out | the original's own training also learned the class |
 """
 
 from __future__ import annotations

@@ -21,16 +21,20 @@ Impair and repair use BatchNorm in train mode (the notebook's
 Access: RETAINED_DATA (the original model is always granted).
 
 `baseline_setting="reference"` (`REFERENCE`) reproduces the published
-notebook (vikram2000b/Fast-Machine-Unlearning, "Machine Unlearning.ipynb"),
-its quirks included; the recommended setting departs from it where marked:
+notebook, its quirks included; the recommended setting departs from it where
+marked. "Where": vikram2000b/Fast-Machine-Unlearning at 252bc92,
+`Machine Unlearning.ipynb`, cell c (0-based over all cells), line L (1-based
+in the cell):
 
-| step | reference | recommended (ours) | why |
-|---|---|---|---|
-| noise fitting | BatchNorm in train mode: batch statistics of the noise, and 40 momentum-0.1 updates of the running statistics carried into impair | eval mode, statistics untouched | the noise should fool the model as it is served, not one normalising the noise by itself |
-| noise in the impair set | `for i in range(batch[0].size(0))` loops over the channels of ONE image: C distinct images (1 for MNIST-style data, 3 for CIFAR) x 20 copies | the whole batch (`noise_batch` images) x `noise_copies` | the paper's method fits a noise batch; the loop's bound is a slip |
-| noise label | every noise labelled 0 | the forgotten class | with class f != 0 the reference impairs class 0 |
-| retained subset | the first 1,000 of each class in dataset order | 1,000 at random | a random subset represents the class |
-| last batch | partial | topped up to a full batch (`common.epoch_batches`) | one compiled step shape |
+| step | where | reference | recommended (ours) | why |
+|---|---|---|---|---|
+| noise fitting | c23 L2-3, c24 | BatchNorm in train mode (a fresh model, never switched): batch statistics of the noise, and 40 momentum-0.1 updates of the running statistics carried into impair | eval mode, statistics untouched | the noise should fool the model as it is served, not one normalising the noise by itself |
+| noise objective | c24 L7-18 | Adam 0.1, 5 epochs x 8 steps; -CE + 0.1 x batch mean of the squared L2 norm | same | - |
+| noise in the impair set | c26 L5, L11 | `range(batch[0].size(0))` loops over the channels of ONE image: C distinct images (1 for MNIST-style data, 3 for CIFAR) x 20 copies | the whole batch (`noise_batch` images) x `noise_copies` | the paper's method fits a noise batch; the loop's bound is a slip |
+| noise label | c26 L6, L12 | every noise labelled 0 | the forgotten class | with class f != 0 the reference impairs class 0 |
+| retained subset | c20 L2-7 | the first 1,000 of each class in file order | 1,000 at random | a random subset represents the class |
+| impair, repair | c26 L18-25, c30 L3-9 | one epoch each, Adam 0.02 then 0.01, batch 256, train mode | same | - |
+| last batch | c26 L18 | partial | topped up to a full batch (`common.epoch_batches`) | one compiled step shape |
 """
 
 from __future__ import annotations
