@@ -201,6 +201,11 @@ def figure6(records, cfg) -> R.Section:
   note = ("The first-rank proxy g(z_k) of every class, one original per rule; `proxies in "
           "their own class`: the share of all B x K proxies the original assigns to their "
           "class.")
+  every = R.group(_proxy_records(records), "train_variant")
+  if every:
+    note += " Over every original in the store: " + "; ".join(
+        f"{rule} {R.fmt(R.stat(r['info'].get('proxy_accuracy') for r in rs), 2)} "
+        f"({len(rs)} originals)" for (rule,), rs in every.items()) + "."
   if any(r["generator_epochs"] == 0 for r in rows):
     note += (" A row with 0 generator epochs never opened the gate of Alg. 1: its proxies "
              "are the untrained VAE's.")

@@ -259,6 +259,9 @@ def test_table10_smoke(tiny10, originals, jit_cache, tmp_path):
   assert (tmp_path / "figure_6.png").stat().st_size > 0
   report = (tmp_path / "report.md").read_text()
   assert "![Figure 6](figure_6.png)" in report and "(0.743)" in report
+  for rule in table10.RULES:   # the share over every original: two classes per rule
+    assert f"{rule} " in report.split("Over every original in the store:")[1]
+  assert report.count("(2 originals)") == len(table10.RULES)
 
 
 def test_table11_smoke(tiny10, originals, jit_cache, tmp_path):
