@@ -260,7 +260,8 @@ def image_grid(out: Path, panels: list[tuple[str, np.ndarray, list[str], bool]],
     axes[row][0].set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
   fig.suptitle(title, fontsize=9)
   fig.tight_layout()
-  fig.savefig(out, dpi=110)
+  # "tight" grows the canvas to the row labels and title a one-column grid cuts.
+  fig.savefig(out, dpi=110, bbox_inches="tight")
   plt.close(fig)
 
 
