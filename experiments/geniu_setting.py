@@ -294,7 +294,6 @@ VIEWS = (R.View("Selection on the validation split", selection),
          R.View("Test split (not used to choose)", test_split))
 
 
-
 def main(argv: Sequence[str] | None = None) -> int:
   return grid_main.main(get_config, VIEWS, argv, description=__doc__.splitlines()[0])
 

@@ -149,7 +149,7 @@ def grouped_bars(out: Path, panels: Sequence[tuple[str, Sequence[str], dict[str,
       pos = [j for j, v in enumerate(values) if v is not None]
       ax.bar(np.asarray(pos) + (i - (len(by) - 1) / 2) * width,
              [values[j][0] for j in pos], width, yerr=[values[j][1] for j in pos],
-             color=colors[label], label=label, error_kw={"elinewidth": 0.6})
+             color=colors[label], error_kw={"elinewidth": 0.6})
     ax.set_xticks(range(len(xs)), xs, fontsize=7)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel(ylabel, fontsize=8)
