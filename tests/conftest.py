@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import types
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +24,7 @@ import pytest
 from flax import nnx
 
 from geniu_jax import checkpoint as ckpt_lib
+from geniu_jax import cli
 from geniu_jax import compile_cache
 from geniu_jax import runs
 from geniu_jax.config import get_config
@@ -107,6 +109,54 @@ def assert_trees_identical(a, b):
     assert la[k].dtype == lb[k].dtype, k
     assert la[k].shape == lb[k].shape, k
     assert np.array_equal(la[k], lb[k]), k
+
+
+def spy_on_training(mp: pytest.MonkeyPatch) -> dict:
+  """Patches the training phase through `mp` so that the returned dict counts
+  the jitted aux program's calls ("aux_calls") and keeps a copy of every new
+  generator's initial parameters ("initial_generator"; a copy because training
+  donates those buffers)."""
+  seen = {"aux_calls": 0, "initial_generator": []}
+  make_aux, make_gen = train_lib.make_aux_epoch, F.make_generator
+
+  def counting_make_aux(*args, **kwargs):
+    aux = make_aux(*args, **kwargs)
+
+    def counted(*a):
+      seen["aux_calls"] += 1
+      return aux(*a)
+    return counted
+
+  def keeping_make_gen(*args, **kwargs):
+    model = make_gen(*args, **kwargs)
+    seen["initial_generator"].append(pure_leaves(model.params))
+    return model
+
+  mp.setattr(train_lib, "make_aux_epoch", counting_make_aux)
+  mp.setattr(F, "make_generator", keeping_make_gen)
+  return seen
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+  """`geniu ARGV` in this process: (exit code, stdout, stderr)."""
+  rc = cli.main([str(a) for a in argv])
+  out, err = capsys.readouterr()
+  return rc, out, err
+
+
+def assert_usage_error(rc, err, *not_created: Path, contains: str | None = None):
+  """Exit code 2, one `geniu: error:` line on stderr, and none of
+  `not_created` (nor a hidden temporary beside it) left on disk."""
+  assert rc == cli.EXIT_USAGE == 2
+  lines = err.splitlines()
+  assert len(lines) == 1, err
+  assert lines[0].startswith("geniu: error:"), err
+  if contains is not None:
+    assert contains in lines[0]
+  for path in not_created:
+    assert not path.exists(), f"{path} was created"
+    leftovers = [p.name for p in path.parent.iterdir() if p.name.startswith(f".{path.name}")]
+    assert not leftovers, leftovers
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ from geniu_jax.methods import common
 from geniu_jax.models import functional as F
 from geniu_jax.models.vae import VAE
 
-from conftest import TINY_K, TINY_SHAPE, assert_unchanged, normal, snapshot
+from conftest import TINY_K, TINY_SHAPE, assert_unchanged, snapshot
 
 
 @pytest.fixture

@@ -116,6 +116,26 @@ def test_cpu_and_paper_configs_share_table1_originals():
     assert len(module.get_config("paper").forget_sets) == 10
 
 
+def test_table1_gkt_reference_runs_at_the_notebooks_size_only_in_the_paper_config():
+  from geniu_jax.config import get_config as preset
+  from geniu_jax.methods import common, gkt
+
+  def resolved(variant, label):
+    method = next(m for m in table1.get_config(variant).methods if m.label == label)
+    cfg = preset(variant).replace(**dict(method.overrides))
+    return common.by_preset(cfg, gkt.PRESETS, gkt.REFERENCE, method="gkt")
+
+  small, full = resolved("cpu", "gkt_reference_cpu"), resolved("paper", "gkt_reference")
+  # The notebook's quirks in both; only the size differs.
+  quirks = ("kl_over_classes", "student_eval_mode", "generator_output", "gate_class_zero")
+  for s in (small, full):
+    assert all(getattr(s, f) == getattr(gkt.REFERENCE, f) for f in quirks)
+  assert (small.pseudo_batches, small.batch_size, small.generator_width) == (
+      gkt.PRESETS["cpu"].pseudo_batches, gkt.PRESETS["cpu"].batch_size,
+      gkt.PRESETS["cpu"].generator_width)
+  assert full == gkt.REFERENCE and full.pseudo_batches > small.pseudo_batches
+
+
 def test_seeds_and_classes_flags(tmp_path):
   assert table8.get_config("cpu", seeds=(3, 4), classes=(1, 2)).forget_sets == ((1,), (2,))
   assert table7.get_config("cpu", seeds=(1, 2)).seeds == (1, 2)

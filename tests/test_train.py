@@ -15,10 +15,9 @@ from geniu_jax import checkpoint as ckpt_lib
 from geniu_jax import runs
 from geniu_jax.config import get_config
 from geniu_jax.geniu import train as train_lib
-from geniu_jax.models import functional as F
 
 from conftest import (TINY_B, TINY_K, TINY_LOWERING, TINY_SHAPE, TINY_WIDTH, pure_leaves,
-                      replace_leaf)
+                      replace_leaf, spy_on_training)
 
 
 def quadrant_data(labels: np.ndarray, seed: int) -> np.ndarray:
@@ -37,30 +36,10 @@ def tiny_cfg(**overrides):
 
 @pytest.fixture
 def spies(monkeypatch):
-  """Counts calls of the jitted aux program; keeps the initial generator's values."""
-  seen = {"aux_calls": 0, "initial_generator": []}
-  make_aux, make_gen = train_lib.make_aux_epoch, F.make_generator
-
-  def counting_make_aux(*args, **kwargs):
-    aux = make_aux(*args, **kwargs)
-
-    def counted(*a):
-      seen["aux_calls"] += 1
-      return aux(*a)
-    return counted
-
-  def keeping_make_gen(*args, **kwargs):
-    model = make_gen(*args, **kwargs)
-    # A copy: training donates the initial parameter buffers.
-    seen["initial_generator"].append(pure_leaves(model.params))
-    return model
-
-  monkeypatch.setattr(train_lib, "make_aux_epoch", counting_make_aux)
-  monkeypatch.setattr(F, "make_generator", keeping_make_gen)
-  return seen
+  return spy_on_training(monkeypatch)
 
 
-# --- training runs (t unreachable: see test_cli's tiny `geniu train`) ----------------
+# --- training runs (t unreachable: see test_cli_lifecycle's tiny `geniu train`) ----------------
 
 def test_threshold_starts_the_noise_training_at_the_first_epoch_reaching_it(spies):
   y = np.random.default_rng(2).permutation(np.arange(64) % TINY_K).astype(np.int32)

@@ -60,7 +60,9 @@ authors evidently ran it.
 Not reproduced: the student's plateau rule on real test data (data a
 zero-shot method may not read) and the reload of a generator checkpoint
 after 100 empty batches. The reference runs at the notebook's size (4,000
-pseudo batches of 256) whatever the preset.
+pseudo batches of 256) whatever the preset, unless `method_settings` (`geniu
+unlearn --set gkt.pseudo_batches=N`) shrink it, as Table 1's
+`gkt_reference_cpu` does.
 
 `train_gkt` runs that loop and returns the trained generator with the
 student, so that the paper's analyses of GKT's noise (§5.1, Table 2: the
