@@ -35,6 +35,8 @@ from experiments import (cifar_pipeline, geniu_setting, table1, table2, table7, 
                          table11, table12)
 from experiments.grid import runner, spec
 from experiments.grid import store as store_lib
+from geniu_jax.config import get_config as preset
+from geniu_jax.methods import common, gkt
 
 pytest.importorskip("matplotlib")
 
@@ -117,9 +119,6 @@ def test_cpu_and_paper_configs_share_table1_originals():
 
 
 def test_table1_gkt_reference_runs_at_the_notebooks_size_only_in_the_paper_config():
-  from geniu_jax.config import get_config as preset
-  from geniu_jax.methods import common, gkt
-
   def resolved(variant, label):
     method = next(m for m in table1.get_config(variant).methods if m.label == label)
     cfg = preset(variant).replace(**dict(method.overrides))

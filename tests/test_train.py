@@ -39,7 +39,7 @@ def spies(monkeypatch):
   return spy_on_training(monkeypatch)
 
 
-# --- training runs (t unreachable: see test_cli_lifecycle's tiny `geniu train`) ----------------
+# --- training runs (t unreachable: see test_cli_lifecycle's tiny `geniu train`) ---
 
 def test_threshold_starts_the_noise_training_at_the_first_epoch_reaching_it(spies):
   y = np.random.default_rng(2).permutation(np.arange(64) % TINY_K).astype(np.int32)
