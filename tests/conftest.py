@@ -14,6 +14,7 @@ and `restore_works`.
 from __future__ import annotations
 
 import os
+import shutil
 import types
 from pathlib import Path
 
@@ -109,6 +110,21 @@ def assert_trees_identical(a, b):
     assert la[k].dtype == lb[k].dtype, k
     assert la[k].shape == lb[k].shape, k
     assert np.array_equal(la[k], lb[k]), k
+
+
+def one_line_error(excinfo) -> str:
+  """The message of a raised error, asserted to be one non-empty line."""
+  msg = str(excinfo.value)
+  assert msg and "\n" not in msg, repr(msg)
+  return msg
+
+
+@pytest.fixture
+def ckpt_copy(tiny_ckpt, tmp_path):
+  """A private copy of the tiny checkpoint that a test may damage."""
+  dst = tmp_path / "copy"
+  shutil.copytree(tiny_ckpt[0], dst)
+  return dst
 
 
 def spy_on_training(mp: pytest.MonkeyPatch) -> dict:

@@ -1,10 +1,11 @@
-"""Checkpoints: exact round trip, one-line CheckpointErrors, checksums, atomic saves."""
+"""Checkpoints: exact round trip, one-line CheckpointErrors, checksums.
+
+Atomic saves and strict-JSON metadata: test_checkpoint_saves.py."""
 
 from __future__ import annotations
 
 import copy
 import json
-import math
 import shutil
 import sys
 import types
@@ -16,7 +17,6 @@ import pytest
 
 from geniu_jax import checkpoint as ckpt_lib
 from geniu_jax import checksums
-from geniu_jax import jsonutil
 from geniu_jax.checkpoint import CheckpointError
 from geniu_jax.config import Config
 from geniu_jax.models import functional as F
@@ -24,27 +24,7 @@ from geniu_jax.models.conv import Conv2d
 from flax import nnx
 
 from conftest import (TINY_K, TINY_LOWERING, TINY_SHAPE, assert_trees_identical,
-                      make_tiny_checkpoint)
-
-
-def _one_line_error(excinfo) -> str:
-  msg = str(excinfo.value)
-  assert msg and "\n" not in msg, repr(msg)
-  return msg
-
-
-def _listing(root):
-  """{relative path: bytes} of every file under root (directories as None)."""
-  return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None)
-          for p in sorted(root.rglob("*"))}
-
-
-@pytest.fixture
-def ckpt_copy(tiny_ckpt, tmp_path):
-  """A private copy of the tiny checkpoint that a test may damage."""
-  dst = tmp_path / "copy"
-  shutil.copytree(tiny_ckpt[0], dst)
-  return dst
+                      one_line_error)
 
 
 def _edit_metadata(directory, edit):
@@ -70,12 +50,6 @@ def _flip_a_byte(file):
   data = bytearray(file.read_bytes())
   data[len(data) // 2] ^= 0x01
   file.write_bytes(bytes(data))
-
-
-def _strict_json(text):
-  def refuse(token):
-    raise ValueError(f"non-JSON constant {token}")
-  return json.loads(text, parse_constant=refuse)
 
 
 def test_round_trip_is_bit_exact(tiny_ckpt):
@@ -153,12 +127,12 @@ def test_expect_classifier_of_another_width_is_rejected(tiny_ckpt):
   wider = F.make_classifier(TINY_K, TINY_SHAPE, 0.125, TINY_LOWERING, jax.random.key(0))
   with pytest.raises(CheckpointError) as excinfo:
     ckpt_lib.restore(path, expect_classifier=wider)
-  assert "architecture" in _one_line_error(excinfo)
+  assert "architecture" in one_line_error(excinfo)
   other_k = F.make_classifier(TINY_K + 1, TINY_SHAPE, 0.0625, TINY_LOWERING,
                               jax.random.key(0))
   with pytest.raises(CheckpointError) as excinfo:
     ckpt_lib.restore(path, expect_classifier=other_k)
-  _one_line_error(excinfo)
+  one_line_error(excinfo)
   # The same architecture is accepted.
   same = F.make_classifier(TINY_K, TINY_SHAPE, 0.0625, TINY_LOWERING, jax.random.key(9))
   assert ckpt_lib.restore(path, expect_classifier=same).metadata["num_classes"] == TINY_K
@@ -169,20 +143,20 @@ def test_metadata_that_does_not_fit_the_stored_arrays_is_rejected(ckpt_copy):
   _edit_metadata(ckpt_copy, lambda meta: meta["config"].update(width=0.125))
   with pytest.raises(CheckpointError) as excinfo:
     ckpt_lib.restore(ckpt_copy)
-  assert "architecture" in _one_line_error(excinfo)
+  assert "architecture" in one_line_error(excinfo)
 
 
 def test_missing_directory(tmp_path):
   with pytest.raises(CheckpointError) as excinfo:
     ckpt_lib.restore(tmp_path / "nope")
-  assert "does not exist" in _one_line_error(excinfo)
+  assert "does not exist" in one_line_error(excinfo)
 
 
 def test_directory_without_metadata(tmp_path):
   (tmp_path / "junk.txt").write_text("hello")
   with pytest.raises(CheckpointError) as excinfo:
     ckpt_lib.restore(tmp_path)
-  assert "metadata.json" in _one_line_error(excinfo)
+  assert "metadata.json" in one_line_error(excinfo)
 
 
 @pytest.mark.parametrize("content", [b"{not json", b"\xff\xfe\x00garbage", b""],
@@ -191,7 +165,7 @@ def test_corrupt_metadata(ckpt_copy, content):
   (ckpt_copy / "metadata.json").write_bytes(content)
   with pytest.raises(CheckpointError) as excinfo:
     ckpt_lib.restore(ckpt_copy)
-  assert "corrupt" in _one_line_error(excinfo)
+  assert "corrupt" in one_line_error(excinfo)
 
 
 @pytest.mark.parametrize("meta", [
@@ -204,14 +178,14 @@ def test_foreign_format(ckpt_copy, meta):
   (ckpt_copy / "metadata.json").write_text(json.dumps(meta))
   with pytest.raises(CheckpointError) as excinfo:
     ckpt_lib.restore(ckpt_copy)
-  assert "not a geniu_jax/1 checkpoint" in _one_line_error(excinfo)
+  assert "not a geniu_jax/1 checkpoint" in one_line_error(excinfo)
 
 
 def test_metadata_with_the_right_format_but_missing_fields(ckpt_copy):
   (ckpt_copy / "metadata.json").write_text(json.dumps({"format": ckpt_lib.FORMAT}))
   with pytest.raises(CheckpointError) as excinfo:
     ckpt_lib.restore(ckpt_copy)
-  _one_line_error(excinfo)
+  one_line_error(excinfo)
 
 
 def _rm_state(d):
@@ -251,7 +225,7 @@ def test_damaged_state(ckpt_copy, damage, checksums):
   damage(ckpt_copy)
   with pytest.raises(CheckpointError) as excinfo:
     ckpt_lib.restore(ckpt_copy)
-  msg = _one_line_error(excinfo)
+  msg = one_line_error(excinfo)
   assert f"checkpoint {ckpt_copy} is corrupt: " in msg
   if checksums:
     assert "file state/" in msg and ("is missing" in msg or "does not match" in msg)
@@ -266,7 +240,7 @@ def test_flipped_byte_in_an_array_file_is_rejected(ckpt_copy):
   with pytest.raises(CheckpointError) as excinfo:
     ckpt_lib.restore(ckpt_copy)
   name = data_file.relative_to(ckpt_copy).as_posix()
-  assert _one_line_error(excinfo) == (f"checkpoint {ckpt_copy} is corrupt: file {name} "
+  assert one_line_error(excinfo) == (f"checkpoint {ckpt_copy} is corrupt: file {name} "
                                       "does not match its checksum")
   ckpt_lib.read_metadata(ckpt_copy)   # the metadata itself is intact
 
@@ -278,7 +252,7 @@ def test_array_checksums_catch_what_the_file_check_misses(ckpt_copy, monkeypatch
   _flip_a_byte(_largest_state_file(ckpt_copy))
   with pytest.raises(CheckpointError) as excinfo:
     ckpt_lib.restore(ckpt_copy)
-  msg = _one_line_error(excinfo)
+  msg = one_line_error(excinfo)
   assert msg.startswith(f"checkpoint {ckpt_copy} is corrupt: array ")
   assert msg.endswith(" does not match its checksum")
 
@@ -295,7 +269,7 @@ def test_restored_arrays_are_checked_against_their_digests(ckpt_copy, monkeypatc
   monkeypatch.setattr(ocp.StandardCheckpointer, "restore", altered)
   with pytest.raises(CheckpointError) as excinfo:
     ckpt_lib.restore(ckpt_copy)
-  assert _one_line_error(excinfo) == (f"checkpoint {ckpt_copy} is corrupt: array "
+  assert one_line_error(excinfo) == (f"checkpoint {ckpt_copy} is corrupt: array "
                                       "classifier/params/head/kernel does not match its "
                                       "checksum")
 
@@ -314,7 +288,7 @@ def test_tampered_metadata_is_rejected(ckpt_copy, edit):
   for read in (ckpt_lib.read_metadata, ckpt_lib.restore):
     with pytest.raises(CheckpointError) as excinfo:
       read(ckpt_copy)
-    assert _one_line_error(excinfo) == (f"checkpoint {ckpt_copy} is corrupt: metadata.json "
+    assert one_line_error(excinfo) == (f"checkpoint {ckpt_copy} is corrupt: metadata.json "
                                         "does not match its checksum")
 
 
@@ -326,7 +300,7 @@ def test_malformed_checksum_entry_is_rejected(ckpt_copy, checksum):
   _edit_metadata(ckpt_copy, lambda meta: meta.update({ckpt_lib.CHECKSUM: checksum}))
   with pytest.raises(CheckpointError) as excinfo:
     ckpt_lib.read_metadata(ckpt_copy)
-  assert f"checkpoint {ckpt_copy} is corrupt: " in _one_line_error(excinfo)
+  assert f"checkpoint {ckpt_copy} is corrupt: " in one_line_error(excinfo)
 
 
 def test_deleted_array_file_is_a_checkpoint_error(ckpt_copy):
@@ -335,7 +309,7 @@ def test_deleted_array_file_is_a_checkpoint_error(ckpt_copy):
   with pytest.raises(CheckpointError) as excinfo:
     ckpt_lib.restore(ckpt_copy)
   name = data_file.relative_to(ckpt_copy).as_posix()
-  assert _one_line_error(excinfo) == f"checkpoint {ckpt_copy} is corrupt: file {name} is missing"
+  assert one_line_error(excinfo) == f"checkpoint {ckpt_copy} is corrupt: file {name} is missing"
 
 
 def test_deleted_array_file_of_a_legacy_checkpoint_is_a_checkpoint_error(ckpt_copy):
@@ -343,7 +317,7 @@ def test_deleted_array_file_of_a_legacy_checkpoint_is_a_checkpoint_error(ckpt_co
   _largest_state_file(ckpt_copy).unlink()
   with pytest.raises(CheckpointError) as excinfo:   # not tensorstore's or asyncio's error
     ckpt_lib.restore(ckpt_copy)
-  assert "cannot read state/" in _one_line_error(excinfo)
+  assert "cannot read state/" in one_line_error(excinfo)
 
 
 def test_closed_event_loop_reports_are_dropped_and_others_kept(monkeypatch):
@@ -371,141 +345,3 @@ def test_checkpoint_without_checksum_still_restores(tiny_ckpt, ckpt_copy):
   assert_trees_identical(ck.classifier.params, tiny_ckpt[1].params)
   assert_trees_identical(ck.generator.params, tiny_ckpt[2].params)
   assert ckpt_lib.read_metadata(ckpt_copy) == ck.metadata
-
-
-def test_directory_without_metadata_but_with_state_is_incomplete(ckpt_copy):
-  (ckpt_copy / "metadata.json").unlink()
-  for read in (ckpt_lib.read_metadata, ckpt_lib.restore):
-    with pytest.raises(CheckpointError) as excinfo:
-      read(ckpt_copy)
-    assert _one_line_error(excinfo) == (f"checkpoint {ckpt_copy} is incomplete: "
-                                        "no metadata.json")
-
-
-def test_leftover_temporary_directory_is_incomplete(tiny_ckpt, tmp_path):
-  # What a killed `save` leaves, here in its last instant: complete inside.
-  leftover = tmp_path / ".ckpt.k2x9q1ab.partial"
-  shutil.copytree(tiny_ckpt[0], leftover)
-  for read in (ckpt_lib.read_metadata, ckpt_lib.restore):
-    with pytest.raises(CheckpointError) as excinfo:
-      read(leftover)
-    assert "is incomplete" in _one_line_error(excinfo)
-
-
-def test_save_into_an_existing_directory_raises_and_leaves_it_untouched(tiny_ckpt, tmp_path):
-  _, cls, gen, prompts, meta = tiny_ckpt
-  target = tmp_path / "taken"
-  target.mkdir()
-  (target / "keep.txt").write_text("precious")
-  (target / "sub").mkdir()
-  (target / "sub" / "x.bin").write_bytes(b"\x00\x01")
-  before = _listing(tmp_path)
-  with pytest.raises(CheckpointError) as excinfo:
-    ckpt_lib.save(target, cls, gen, prompts, meta)
-  assert "already exists" in _one_line_error(excinfo)
-  assert _listing(tmp_path) == before   # also: no temporary sibling left behind
-  # An existing checkpoint is not overwritten either.
-  existing = tiny_ckpt[0]
-  before = _listing(existing)
-  with pytest.raises(CheckpointError):
-    ckpt_lib.save(existing, cls, gen, prompts, meta)
-  assert _listing(existing) == before
-
-
-def test_failing_orbax_save_leaves_nothing_behind(tiny_ckpt, tmp_path, monkeypatch):
-  _, cls, gen, prompts, meta = tiny_ckpt
-
-  def boom(self, *args, **kwargs):
-    raise RuntimeError("disk on fire")
-
-  monkeypatch.setattr(ocp.StandardCheckpointer, "save", boom)
-  target = tmp_path / "parent" / "ckpt"
-  with pytest.raises(RuntimeError, match="disk on fire"):
-    ckpt_lib.save(target, cls, gen, prompts, meta)
-  assert not target.exists()
-  assert list((tmp_path / "parent").iterdir()) == []   # no temporary directory either
-
-
-def test_failing_metadata_write_leaves_nothing_behind(tiny_ckpt, tmp_path):
-  _, cls, gen, prompts, meta = tiny_ckpt
-  target = tmp_path / "ckpt"
-  with pytest.raises(TypeError):   # an object json cannot serialise
-    ckpt_lib.save(target, cls, gen, prompts, dict(meta, bad=object()))
-  assert list(tmp_path.iterdir()) == []
-
-
-def test_save_then_restore_again_after_a_failed_save(tmp_path, monkeypatch):
-  """A failed save does not poison the target path."""
-  target = tmp_path / "again"
-  with monkeypatch.context() as m:
-    m.setattr(ocp.StandardCheckpointer, "save",
-              lambda self, *a, **k: (_ for _ in ()).throw(OSError("full")))
-    with pytest.raises(OSError):
-      make_tiny_checkpoint(target, seed=3)
-  assert not target.exists()
-  path, cls, *_ = make_tiny_checkpoint(target, seed=3)
-  assert_trees_identical(ckpt_lib.restore(path).classifier.params, cls.params)
-
-
-def _interrupt(*args, **kwargs):
-  raise KeyboardInterrupt
-
-
-@pytest.mark.parametrize("where", ["orbax-save", "metadata-write"])
-def test_interrupted_save_leaves_nothing_behind(tiny_ckpt, tmp_path, monkeypatch, where):
-  _, cls, gen, prompts, meta = tiny_ckpt
-  written = []
-  if where == "orbax-save":
-    monkeypatch.setattr(ocp.StandardCheckpointer, "save", _interrupt)
-  else:   # after Orbax wrote every array into the temporary directory
-    def interrupt_after_state(path, text):
-      written.extend(p.name for p in path.parent.iterdir())
-      _interrupt()
-    monkeypatch.setattr(ckpt_lib, "_write_synced", interrupt_after_state)
-  target = tmp_path / "parent" / "ckpt"
-  with pytest.raises(KeyboardInterrupt):
-    ckpt_lib.save(target, cls, gen, prompts, meta)
-  assert not target.exists()
-  assert list((tmp_path / "parent").iterdir()) == []   # no temporary directory either
-  if where == "metadata-write":
-    assert written == ["state"]
-
-
-def test_non_finite_metadata_is_written_as_null(tiny_ckpt, tmp_path):
-  _, cls, gen, prompts, meta = tiny_ckpt
-  extra = {"loss": float("nan"), "bounds": [float("-inf"), 1.5, float("inf")],
-           "nested": {"acc": np.float32("nan"), "count": 3}}
-  path = ckpt_lib.save(tmp_path / "nan", cls, gen, prompts, dict(meta, **extra))
-  text = (path / "metadata.json").read_text()
-  assert "NaN" not in text and "Infinity" not in text
-  written = _strict_json(text)
-  assert written["loss"] is None and written["bounds"] == [None, 1.5, None]
-  assert written["nested"] == {"acc": None, "count": 3}
-  ck = ckpt_lib.restore(path)   # its checksum covers the nulls
-  assert ck.metadata["loss"] is None
-
-
-def test_strict_json_parser_refuses_bare_nan():
-  with pytest.raises(ValueError):
-    _strict_json(json.dumps({"x": float("nan")}))
-
-
-def test_finite_or_null():
-  value = {"a": (1.0, float("inf")), "b": [np.float64("-inf"), np.float32(2.5)], "c": 7,
-           "d": True, "e": None, "f": "NaN", 3: float("nan")}
-  assert jsonutil.finite_or_null(value) == {"a": [1.0, None], "b": [None, 2.5], "c": 7,
-                                            "d": True, "e": None, "f": "NaN", 3: None}
-  assert _strict_json(jsonutil.dumps({"x": [math.nan, 1]})) == {"x": [None, 1]}
-
-
-def test_resaving_restored_metadata_gets_fresh_checksums(tiny_ckpt, tmp_path):
-  """As `geniu unlearn` does: metadata of a restored checkpoint plus a report."""
-  ck = ckpt_lib.restore(tiny_ckpt[0])
-  old = ck.metadata[ckpt_lib.CHECKSUM]
-  path = ckpt_lib.save(tmp_path / "again", ck.classifier, ck.generator, ck.prompts,
-                       dict(ck.metadata, unlearned={"rounds_run": 2}))
-  again = ckpt_lib.restore(path)
-  assert again.metadata["unlearned"] == {"rounds_run": 2}
-  new = again.metadata[ckpt_lib.CHECKSUM]
-  assert new["metadata"] != old["metadata"]
-  assert new["arrays"] == old["arrays"]   # same arrays, same digests
