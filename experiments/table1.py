@@ -75,8 +75,9 @@ EXTRA = ("ir_relabel",)
 REFERENCE_BASELINES = ("unsir", "ir", "ir_relabel", "unrolling")
 # GKT's reference runs at the notebook's full size (4,000 pseudo batches of
 # 256) whatever the preset: 80 x the samples of the `cpu` size's ~65 s, so
-# 1.5 h or more a cell on 2 CPU cores, and only the `paper` config runs it. `cpu` runs its quirks at the `cpu` preset's size
-# instead (`gkt_reference_cpu`), which separates their effect from the size's.
+# 1.5 h or more a cell on 2 CPU cores, and only the `paper` config runs it.
+# `cpu` runs its quirks at the `cpu` preset's size instead
+# (`gkt_reference_cpu`), which separates their effect from the size's.
 GKT_CPU_SIZE = tuple((f"gkt.{field}", getattr(gkt.PRESETS["cpu"], field))
                      for field in ("pseudo_batches", "batch_size", "generator_width"))
 # Both datasets have ten classes; each is the forgotten majority in turn.

@@ -31,6 +31,11 @@ ALL_CLASSES = [str(k) for k in range(10)]
 
 # --- smoke run end to end -------------------------------------------------------------
 
+def last_json(stdout: str) -> dict:
+  """The `--json` report: the last line of a command's stdout."""
+  return json.loads(stdout.strip().splitlines()[-1])
+
+
 def _main_capturing_stdout(argv) -> tuple[int, str]:
   buf = io.StringIO()
   with contextlib.redirect_stdout(buf):
@@ -111,7 +116,7 @@ def test_train_writes_a_checkpoint(smoke_train):
 
 def test_unlearn_reports_json_on_the_last_stdout_line(smoke_run):
   a, b, out = smoke_run
-  report = json.loads(out.strip().splitlines()[-1])
+  report = last_json(out)
   assert report["method"] == "geniu" and report["forget"] == [9]
   for key in ("unlearn_ms", "compile_ms"):
     assert isinstance(report[key], (int, float)) and report[key] > 0
@@ -167,7 +172,7 @@ def test_unlearn_on_the_first_ranks_only(smoke_run, tmp_path):
   rc, text = _main_capturing_stdout(["unlearn", "--ckpt", a, "--forget", "9", "--out", out,
                                      "--proxies-per-class", "1", "--json"])
   assert rc == 0
-  assert json.loads(text.strip().splitlines()[-1])["proxies"] == 10
+  assert last_json(text)["proxies"] == 10
 
 
 def test_unlearn_refuses_more_proxies_than_trained(capsys, smoke_run, tmp_path):
@@ -183,7 +188,7 @@ def test_unlearn_objective_flags_override_the_checkpoint_and_are_reported(smoke_
                                                                           tmp_path):
   a, _, default_out = smoke_run
   cfg = ckpt_lib.read_metadata(a)["config"]
-  stored = json.loads(default_out.strip().splitlines()[-1])["objective"]
+  stored = last_json(default_out)["objective"]
   assert stored == {"retain": cfg["retain_target"], "forget": cfg["forget_loss"],
                     "margin": cfg["forget_margin"] if cfg["forget_loss"] == "margin" else 0.0}
   out = tmp_path / "teacher_margin"
@@ -191,10 +196,9 @@ def test_unlearn_objective_flags_override_the_checkpoint_and_are_reported(smoke_
                                      "--retain-target", "teacher", "--forget-loss", "margin",
                                      "--forget-margin", "3", "--json"])
   assert rc == 0
-  report = json.loads(text.strip().splitlines()[-1])
+  report = last_json(text)
   assert report["objective"] == {"retain": "teacher", "forget": "margin", "margin": 3.0}
   assert ckpt_lib.read_metadata(out)["unlearned"] == report
-
 
 
 def test_unlearn_sharpen_flags(smoke_run, tmp_path, capsys):
@@ -204,7 +208,7 @@ def test_unlearn_sharpen_flags(smoke_run, tmp_path, capsys):
                                      "--sharpen-target", "0.9", "--sharpen-mode", "all",
                                      "--rounds", "3", "--json"])
   assert rc == 0
-  report = json.loads(text.strip().splitlines()[-1])
+  report = last_json(text)
   assert report["sharpen_target"] == 0.9 and report["rounds_run"] == 3
   assert report["sharpen_mode"] == "all"
   capsys.readouterr()
@@ -312,7 +316,7 @@ def test_a_later_request_forgets_the_union_and_never_relearns(smoke_run, tmp_pat
                                      "--retain-target", "label", "--forget-loss", "inv_ce",
                                      "--no-sharpen", "--json"])
   assert rc == 0
-  report = json.loads(text.strip().splitlines()[-1])
+  report = last_json(text)
   assert report["forget"] == [0, 9] and report["requested"] == [0]
   meta = ckpt_lib.read_metadata(c)
   assert meta["forgotten"] == [0, 9] and meta["unlearned"] == report
@@ -354,7 +358,7 @@ def test_unlearn_in_bfloat16_is_recorded(smoke_run, tmp_path):
   rc, text = _main_capturing_stdout(["unlearn", "--ckpt", a, "--forget", "9", "--rounds", "5",
                                      "--precision", "bfloat16", "--out", out, "--json"])
   assert rc == 0
-  report = json.loads(text.strip().splitlines()[-1])
+  report = last_json(text)
   assert report["precision"] == "bfloat16" and report["rounds_run"] == 5
   assert report["forget_proxy_prob"] < report["forget_proxy_prob_before"]
   # The parameters stay float32 in the checkpoint.
@@ -368,7 +372,7 @@ def test_evaluate_against_a_reference_reports_attacks_distances_and_relearn_time
   rc, out, _ = run_cli(capsys, "evaluate", "--ckpt", b, "--data", "embedded", "--reference", b,
                        "--json")
   assert rc == 0
-  report = json.loads(out.strip().splitlines()[-1])
+  report = last_json(out)
   assert "membership inference" in out and "to the retrained model" in out
   for key in ("mia_confidence", "mia_entropy", "reference_mia_confidence"):
     assert 0.0 <= report[key] <= 1.0
@@ -387,7 +391,7 @@ def test_evaluate_defaults_to_every_forgotten_class(smoke_run, capsys):
   rc, out, _ = run_cli(capsys, "evaluate", "--ckpt", b, "--data", "embedded", "--json")
   assert rc == 0
   assert "forgotten classes [9]" in out
-  explicit = json.loads(out.strip().splitlines()[-1])
+  explicit = last_json(out)
   rc, out, _ = run_cli(capsys, "evaluate", "--ckpt", b, "--data", "embedded", "--forget", "9",
                        "--json")
-  assert json.loads(out.strip().splitlines()[-1]) == explicit
+  assert last_json(out) == explicit
